@@ -1,0 +1,245 @@
+"""The command line: a thin adapter over the Python API. Errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from . import __version__
+from .errors import LLMRecError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _ks(spec: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise LLMRecError(f"-k expects comma-separated integers like 10,20, got {spec!r}") from None
+    if not ks or min(ks) < 1:
+        raise LLMRecError(f"-k values must be positive integers, got {spec!r}")
+    return ks
+
+
+# -- shared options ---------------------------------------------------------------------------------
+def add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data (a named data set, or your own files)")
+    g.add_argument("--dataset", help="ml-100k, ml-1m, book-crossing or synthetic[-USERS-ITEMS-SEED]")
+    g.add_argument("--interactions", metavar="FILE", help="interaction log (CSV, TSV, JSONL, Parquet)")
+    g.add_argument("--items", metavar="FILE", help="item catalogue (CSV, TSV, JSONL, Parquet)")
+    g.add_argument("--columns", metavar="MAP",
+                   help="column mapping for the log, e.g. user_id=userId,item_id=movieId,timestamp=ts")
+    g.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    g.add_argument("--unknown-items", choices=["error", "drop", "add"], default="error",
+                   help="log items missing from the catalogue (default: error)")
+    p.set_defaults(_data_required=required)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="itemknn", help="model name (see `llmrec models`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, repeatable (values parsed as JSON)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for models that use one")
+
+
+def load_data(args: argparse.Namespace):
+    from . import data, datasets
+    from .io import parse_column_map
+    if args.dataset and args.interactions:
+        raise LLMRecError("pass either --dataset or --interactions, not both")
+    if args.dataset:
+        return datasets.load(args.dataset)
+    if args.interactions:
+        return data.load_files(args.interactions, args.items,
+                               interaction_columns=parse_column_map(args.columns),
+                               item_columns=parse_column_map(args.item_columns),
+                               unknown_items=args.unknown_items)
+    raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+
+
+def build_model(args: argparse.Namespace):
+    from . import models
+    from .config import parse_overrides
+    overrides = parse_overrides(args.overrides)
+    cls = models.get_class(args.model)
+    fields = set(getattr(cls.Config, "__dataclass_fields__", {}))
+    if args.seed is not None and "seed" in fields:
+        overrides.setdefault("seed", args.seed)
+    return models.get(args.model, overrides)
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from . import models
+    if args.json:
+        _print_json({"models": models.names()})
+    else:
+        print("\n".join(models.names()))
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from . import datasets
+    path = datasets.fetch(args.name)
+    if args.json:
+        _print_json({"dataset": args.name, "path": str(path)})
+    else:
+        print(f"{args.name}: {path}")
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    if args.name and not args.dataset:
+        args.dataset = args.name
+    ds = load_data(args)
+    stats = ds.stats()
+    if args.json:
+        _print_json(stats)
+    else:
+        for k, v in stats.items():
+            print(f"{k:>24}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:>24}: {v}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate, split
+    ks = _ks(args.k)
+    ds = load_data(args)
+    sp = split.leave_one_out(ds) if args.split == "loo" else split.temporal(ds)
+    model = build_model(args)
+    t0 = time.perf_counter()
+    model.fit(ds, sp, progress=not args.json)
+    fit_s = time.perf_counter() - t0
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage=args.stage,
+                            progress=not args.json)
+    out = {"dataset": ds.name, "model": model.name, "protocol": res.protocol, "metrics": res.metrics,
+           "users_evaluated": res.n_users, "candidates": res.n_candidates,
+           "fit_seconds": round(fit_s, 3), "eval_seconds": round(res.seconds, 3)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"dataset: {ds.name}   model: {model.name}   fit {fit_s:.1f}s   eval {res.seconds:.1f}s")
+        print(res.table())
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    ds = load_data(args)
+    model = build_model(args)
+    model.fit(ds, progress=not args.json)
+    recs = model.recommend(users=[args.user], k=args.k, explain=args.explain)
+    items = recs.records(model.catalog)
+    if args.json:
+        _print_json({"user_id": args.user, "model": model.name, "items": items})
+    else:
+        hist = model.history_of(args.user)
+        print(f"user {args.user}: {len(hist)} items in history; model {model.name}")
+        for rank, it in enumerate(items, 1):
+            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+            if args.explain and it["explanation"].get("because"):
+                why = "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in it["explanation"]["because"])
+                print(f"      because: {why}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The main job: fetch ml-100k, fit itemknn, evaluate it, recommend for one user."""
+    from . import datasets, evaluate, models, split
+    ds = datasets.load("ml-100k")
+    print(f"ml-100k: {ds.n_users:,} users, {ds.n_items:,} items, {len(ds.interactions):,} interactions")
+    sp = split.leave_one_out(ds)
+    model = models.get("itemknn").fit(ds, sp)
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10, 20))
+    print(res.table())
+    user = args.user
+    full = models.get("itemknn").fit(ds)
+    recs = full.recommend(users=[user], k=10, explain=True).records(full.catalog)
+    hist = full.history_of(user)
+    print(f"\nuser {user} watched {len(hist)} films, most recently: "
+          + "; ".join(full.catalog.titles(hist[-3:])))
+    for rank, it in enumerate(recs, 1):
+        because = ", ".join(b["title"] for b in it["explanation"]["because"][:2])
+        print(f"{rank:>3}. {it['title']:<45} score {it['score']:.3f}  because: {because}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmrec", description="Recommendations made by language models.")
+    p.add_argument("--version", action="version", version=f"llmrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the models")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("data", help="fetch and inspect data sets").add_subparsers(dest="data_cmd",
+                                                                                   required=True)
+    s = d.add_parser("fetch", help="download a named data set into the cache")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_fetch)
+    s = d.add_parser("stats", help="users, items, interactions, density of a data set")
+    s.add_argument("name", nargs="?")
+    add_data_options(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+
+    s = sub.add_parser("evaluate", help="fit a model and evaluate it (full ranking, leave-one-out)")
+    add_data_options(s)
+    add_model_options(s)
+    s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
+    s.add_argument("--split", choices=["loo", "temporal"], default="loo")
+    s.add_argument("--stage", choices=["test", "valid"], default="test")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("recommend", help="top-k items for a user")
+    add_data_options(s)
+    add_model_options(s)
+    s.add_argument("--user", required=True, help="external user id")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--explain", action="store_true", help="say why each item is recommended")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("demo", help="fetch ml-100k, fit itemknn, evaluate, recommend for one user")
+    s.add_argument("--user", default="196")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "json", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return args.func(args)
+    except LLMRecError as e:
+        print(f"llmrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

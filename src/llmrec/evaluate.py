@@ -1,0 +1,86 @@
+"""The evaluator: every evaluation user, ALL candidate items ranked, history excluded, in batches."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import metrics
+from .data import Interactions
+from .split import Split
+
+
+@dataclass
+class Result:
+    metrics: dict[str, float]
+    n_users: int
+    n_candidates: int
+    protocol: str
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [f"{k:>12}  {v:.4f}" for k, v in self.metrics.items()]
+        return (f"protocol: {self.protocol}\nusers evaluated: {self.n_users:,}; candidates ranked: "
+                f"{self.n_candidates:,}\n" + "\n".join(rows))
+
+
+def _histories(inter: Interactions, n_users: int) -> list[np.ndarray]:
+    return inter.histories(n_users)
+
+
+def candidate_mask(split: Split, n_items: int) -> np.ndarray:
+    """Items that can be ranked: those with at least one interaction anywhere in the log."""
+    mask = np.zeros(n_items, dtype=bool)
+    mask[split.test_context.item] = True
+    mask[split.test_items] = True
+    return mask
+
+
+def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...] = (10, 20),
+             stage: str = "test", batch_size: int = 256, users: np.ndarray | None = None,
+             progress: bool = True, candidates: np.ndarray | None = None) -> Result:
+    """Evaluate ``model`` (anything with ``score_histories(list[int64 array]) -> float32 [b, n_items]``).
+
+    stage: "test" (history = everything before the test target) or "valid" (history = train).
+    users: an optional subset of evaluation users (internal indices), e.g. a fixed random sample.
+    """
+    if stage == "test":
+        eval_users, targets, context = split.test_users, split.test_items, split.test_context
+    elif stage == "valid":
+        eval_users, targets, context = split.valid_users, split.valid_items, split.train
+    else:
+        raise ValueError(f"stage must be 'test' or 'valid', got {stage!r}")
+    if users is not None:
+        keep = np.isin(eval_users, users)
+        eval_users, targets = eval_users[keep], targets[keep]
+    hist = _histories(context, n_users)
+    cand = candidate_mask(split, n_items) if candidates is None else candidates
+    max_k = max(ks)
+    ranks = np.empty(len(eval_users), dtype=np.int64)
+    tops = np.empty((len(eval_users), max_k), dtype=np.int64)
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(eval_users), desc=f"evaluate {stage}", unit="user", disable=not progress,
+               leave=False)
+    for start in range(0, len(eval_users), batch_size):
+        bu = eval_users[start:start + batch_size]
+        bh = [hist[u] for u in bu]
+        scores = np.asarray(model.score_histories(bh), dtype=np.float32).copy()
+        scores[:, ~cand] = -np.inf
+        rows = np.repeat(np.arange(len(bu)), [len(h) for h in bh])
+        scores[rows, np.concatenate(bh) if bh else np.zeros(0, np.int64)] = -np.inf
+        ranks[start:start + len(bu)] = metrics.target_ranks(scores, targets[start:start + len(bu)])
+        tops[start:start + len(bu)] = metrics.top_k(scores, max_k)[0]
+        bar.update(len(bu))
+    bar.close()
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"HR@{k}"] = metrics.hit_rate(ranks, k)
+        out[f"NDCG@{k}"] = metrics.ndcg(ranks, k)
+        out[f"MRR@{k}"] = metrics.mrr(ranks, k)
+        out[f"Coverage@{k}"] = metrics.coverage(tops, int(cand.sum()), k)
+    return Result(metrics=out, n_users=len(eval_users), n_candidates=int(cand.sum()),
+                  protocol=split.protocol + f"; stage={stage}", seconds=time.perf_counter() - t0)

@@ -1,0 +1,206 @@
+"""The recommender protocol every model implements, and the checkpoint format they share.
+
+A model is fitted on a Dataset (optionally with a Split, for validation-driven training) and scores raw
+histories: ``score_histories(list of int64 item-index arrays) -> float32 [b, n_items]``, higher is better.
+Everything public speaks external ids: ``recommend(users=...)`` or ``recommend(histories=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from .. import __version__
+from ..config import from_dict, to_dict
+from ..data import Catalog, Dataset, IdMap
+from ..errors import DataError, LLMRecError
+from ..metrics import top_k
+from ..split import Split
+
+
+@dataclass
+class Recommendations:
+    """Top-k per query: item_ids object [b, k] (external ids), scores float32 [b, k], best first.
+
+    ``explanations[b][j]`` is a dict for item j of query b when asked for, else None.
+    Rows shorter than k (tiny catalogues, heavy filters) are padded with None ids and -inf scores.
+    """
+
+    item_ids: np.ndarray
+    scores: np.ndarray
+    explanations: list[list[dict]] | None = None
+
+    def records(self, catalog: Catalog, row: int = 0) -> list[dict]:
+        """One query's results as JSON-able dicts (item_id, score, title, plus explanation)."""
+        out = []
+        for j, (iid, s) in enumerate(zip(self.item_ids[row], self.scores[row])):
+            if iid is None:
+                continue
+            rec = {"item_id": iid, "score": float(s), "title": catalog.titles([catalog.ids.index(iid)])[0]}
+            if self.explanations is not None:
+                rec["explanation"] = self.explanations[row][j]
+            out.append(rec)
+        return out
+
+
+class Recommender(ABC):
+    """Base class. Subclasses set ``name`` and ``Config`` (a frozen dataclass) and implement
+    ``_fit``, ``score_histories`` and, to be saved, ``_state`` / ``_load_state``."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None, **overrides: Any):
+        if config is None or isinstance(config, dict):
+            config = from_dict(self.Config, {**(config or {}), **overrides})
+        elif overrides:
+            config = from_dict(self.Config, {**to_dict(config), **overrides})
+        self.config = config
+        self.catalog: Catalog | None = None
+        self.users: IdMap | None = None
+        self._histories: list[np.ndarray] | None = None
+
+    # -- training -------------------------------------------------------------------------------
+    def fit(self, data: Dataset, split: Split | None = None, progress: bool = True) -> Recommender:
+        """Fit on ``split.train`` when a split is given (validation may drive early stopping),
+        else on all of ``data``'s interactions."""
+        train = split.train if split is not None else data.interactions
+        if len(train) == 0:
+            raise DataError(f"data set {data.name!r} has no training interactions")
+        self.catalog, self.users = data.catalog, data.users
+        self._histories = train.histories(data.n_users)
+        self._fit(data, train, split, progress)
+        return self
+
+    @abstractmethod
+    def _fit(self, data: Dataset, train, split: Split | None, progress: bool) -> None: ...
+
+    @abstractmethod
+    def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
+        """float32 [b, n_items] for b histories of internal item indices (any may be empty)."""
+
+    def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
+        """Why each of ``items`` was recommended for ``history`` (one dict per item)."""
+        return [{"reason": f"scored by {self.name}"} for _ in items]
+
+    # -- the public API -------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.catalog is None:
+            raise LLMRecError(f"model {self.name!r} is not fitted: call fit() or load a checkpoint")
+
+    def history_of(self, user: object) -> np.ndarray:
+        self._check_fitted()
+        return self._histories[self.users.index(user)]
+
+    def recommend(self, users: list | None = None, histories: list[list] | None = None, k: int = 10,
+                  exclude_seen: bool = True, exclude: list | None = None,
+                  candidates: np.ndarray | None = None, explain: bool = False) -> Recommendations:
+        """Top-k for known ``users`` (external ids) or raw ``histories`` (lists of external item ids).
+
+        exclude: external item ids never to return; candidates: optional bool mask [n_items] of items
+        allowed (e.g. a genre filter).
+        """
+        self._check_fitted()
+        if (users is None) == (histories is None):
+            raise LLMRecError("pass exactly one of users= or histories=")
+        if k < 1:
+            raise LLMRecError(f"k must be at least 1, got {k}")
+        if users is not None:
+            hist = [self.history_of(u) for u in users]
+        else:
+            hist = [self.catalog.ids.indices(h) for h in histories]
+        return self.recommend_indices(hist, k, exclude_seen, exclude, candidates, explain)
+
+    def recommend_indices(self, hist: list[np.ndarray], k: int, exclude_seen: bool = True,
+                          exclude: list | None = None, candidates: np.ndarray | None = None,
+                          explain: bool = False) -> Recommendations:
+        scores = np.asarray(self.score_histories(hist), dtype=np.float32).copy()
+        if exclude_seen:
+            for b, h in enumerate(hist):
+                scores[b, h] = -np.inf
+        if exclude:
+            scores[:, self.catalog.ids.indices(exclude)] = -np.inf
+        if candidates is not None:
+            scores[:, ~candidates] = -np.inf
+        ids, top = top_k(scores, k)
+        ext = self.catalog.ids.ids(ids.ravel()).reshape(ids.shape)
+        ext[~np.isfinite(top)] = None
+        if ids.shape[1] < k:  # pad short catalogues
+            pad = k - ids.shape[1]
+            ext = np.concatenate([ext, np.full((len(hist), pad), None, dtype=object)], axis=1)
+            top = np.concatenate([top, np.full((len(hist), pad), -np.inf, np.float32)], axis=1)
+        expl = None
+        if explain:
+            expl = [self.explain_items(h, ids[b]) for b, h in enumerate(hist)]
+        return Recommendations(ext, top.astype(np.float32), expl)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _state(self) -> dict[str, np.ndarray]:
+        raise LLMRecError(f"model {self.name!r} cannot be saved")
+
+    def _load_state(self, state: dict[str, np.ndarray], folder: Path) -> None:
+        raise LLMRecError(f"model {self.name!r} cannot be loaded")
+
+    def save(self, folder: str | Path, card: dict | None = None) -> Path:
+        """Write config.json, state.safetensors, catalog.parquet, users.json and README.md (a card)."""
+        from safetensors.numpy import save_file
+        self._check_fitted()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+        save_file(state, str(folder / "state.safetensors"))
+        self.catalog.frame.astype(str).to_parquet(folder / "catalog.parquet")
+        hist_lens = np.array([len(h) for h in self._histories], dtype=np.int64)
+        save_file({"lengths": hist_lens,
+                   "items": np.concatenate(self._histories) if len(self._histories) else
+                   np.zeros(0, np.int64)}, str(folder / "histories.safetensors"))
+        meta = {"model": self.name, "llmrec_version": __version__, "config": to_dict(self.config),
+                "n_items": len(self.catalog), "users": list(self.users.ids()), "card": card or {}}
+        (folder / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+        (folder / "README.md").write_text(_card_text(self, card or {}))
+        return folder
+
+
+def _card_text(model: Recommender, card: dict) -> str:
+    lines = [f"# llmrec model: {model.name}", "", f"- llmrec version: {__version__}",
+             f"- items in catalogue: {len(model.catalog):,}; known users: {len(model.users):,}",
+             "- config: `" + json.dumps(to_dict(model.config)) + "`"]
+    for k, v in card.items():
+        lines.append(f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}")
+    return "\n".join(lines) + "\n"
+
+
+def load_model(folder: str | Path) -> Recommender:
+    """Load a checkpoint written by ``Recommender.save``; refuses other versions' formats clearly."""
+    from safetensors.numpy import load_file
+    from . import get
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.exists():
+        raise LLMRecError(f"{folder}: not an llmrec checkpoint (no config.json)")
+    try:
+        meta = json.loads(cfg_path.read_text())
+        name = meta["model"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise LLMRecError(f"{cfg_path}: not a valid llmrec checkpoint config ({e})") from None
+    major = str(meta.get("llmrec_version", "0")).split(".")[0]
+    if major != __version__.split(".")[0]:
+        raise LLMRecError(f"{folder}: written by llmrec {meta.get('llmrec_version')}, this is "
+                          f"{__version__}; retrain the model")
+    model = get(name, meta["config"])
+    model.catalog = Catalog.from_frame(pd.read_parquet(folder / "catalog.parquet"))
+    if len(model.catalog) != meta["n_items"]:
+        raise LLMRecError(f"{folder}: catalogue has {len(model.catalog)} items, config says "
+                          f"{meta['n_items']}")
+    model.users = IdMap(meta["users"], kind="user")
+    h = load_file(str(folder / "histories.safetensors"))
+    model._histories = np.split(h["items"], np.cumsum(h["lengths"])[:-1]) if len(h["lengths"]) else []
+    model._load_state(load_file(str(folder / "state.safetensors")), folder)
+    model.card = meta.get("card", {})
+    return model
