@@ -1,0 +1,85 @@
+"""Run models on named data sets with the leave-one-out, full-ranking protocol and write one JSON file per
+(dataset, model) under benchmarks/results/. Then regenerate the README table with benchmarks/table.py.
+
+    python benchmarks/run.py --dataset ml-100k ml-1m --model popular itemknn
+    python benchmarks/run.py --dataset ml-1m --model sasrec --set sasrec.epochs=50
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from llmrec import __version__, datasets, evaluate, models, split
+from llmrec.config import parse_overrides
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
+            command: str = "") -> dict:
+    model = models.get(model_name, overrides)
+    t0 = time.perf_counter()
+    model.fit(ds, sp)
+    fit_s = time.perf_counter() - t0
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test")
+    valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), stage="valid",
+                              progress=False)
+    out = {
+        "dataset": ds.name, "model": tag or model_name, "protocol": res.protocol,
+        "metrics": {k: round(v, 4) for k, v in res.metrics.items()},
+        "valid_metrics": {k: round(v, 4) for k, v in valid.metrics.items()},
+        "users_evaluated": res.n_users, "candidates": res.n_candidates,
+        "config": json.loads(json.dumps(model.config.__dict__, default=str)),
+        "fit_seconds": round(fit_s, 2), "eval_seconds": round(res.seconds, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "command": command, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+    }
+    out.update(getattr(model, "benchmark_extra", lambda: {})())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", nargs="+", default=["ml-100k", "ml-1m"])
+    p.add_argument("--model", nargs="+", default=["popular", "itemknn"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="MODEL.KEY=VALUE")
+    p.add_argument("--tag", default=None, help="result name instead of the model name (one model)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    per_model: dict[str, dict] = {}
+    for key, value in parse_overrides(args.overrides).items():
+        m, _, k = key.partition(".")
+        per_model.setdefault(m, {})[k] = value
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.dataset:
+        ds = datasets.load(name)
+        sp = split.leave_one_out(ds)
+        for m in args.model:
+            r = run_one(ds, sp, m, per_model.get(m, {}), tag=args.tag, command=command)
+            path = args.out / f"{ds.name}__{r['model']}.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n")
+            tmp.replace(path)
+            print(f"{ds.name:>8} {r['model']:<18} HR@10 {r['metrics']['HR@10']:.4f} "
+                  f"NDCG@10 {r['metrics']['NDCG@10']:.4f}  fit {r['fit_seconds']:.1f}s "
+                  f"eval {r['eval_seconds']:.1f}s  -> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

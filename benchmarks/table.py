@@ -1,0 +1,56 @@
+"""Render benchmarks/results/*.json as a Markdown table and write it into README.md between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->``.
+
+    python benchmarks/table.py           # rewrite the README table
+    python benchmarks/table.py --print   # print it only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ORDER = ["popular", "itemknn"]
+
+
+def _fmt(v) -> str:
+    return "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    rows.sort(key=lambda r: (r["dataset"], ORDER.index(r["model"]) if r["model"] in ORDER else 99,
+                             r["model"]))
+    head = ("| dataset | model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users | fit s | eval s | peak MB | notes |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        m = r["metrics"]
+        notes = r.get("notes", "")
+        if "invalid_rate" in r:
+            notes = (notes + f" invalid_rate {r['invalid_rate']:.3f}").strip()
+        lines.append(f"| {r['dataset']} | {r['model']} | {_fmt(m.get('HR@10'))} | {_fmt(m.get('NDCG@10'))} | "
+                     f"{_fmt(m.get('HR@20'))} | {_fmt(m.get('NDCG@20'))} | {r.get('users_evaluated', '')} | "
+                     f"{r['fit_seconds']:.1f} | {r['eval_seconds']:.1f} | {r['peak_memory_mb']:.0f} | {notes} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--print", action="store_true")
+    args = p.parse_args()
+    table = render()
+    if args.print:
+        print(table)
+        return
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    a, b = text.index(START) + len(START), text.index(END)
+    readme.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+
+
+if __name__ == "__main__":
+    main()
