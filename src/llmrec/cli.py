@@ -118,15 +118,76 @@ def cmd_data_stats(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from . import evaluate, split
-    ks = _ks(args.k)
+def _split(args, ds):
+    from . import split
+    return split.leave_one_out(ds) if args.split == "loo" else split.temporal(ds)
+
+
+def _load_checkpoint_data(args, model):
+    """The data a checkpoint is evaluated on: --dataset/--interactions if given, else the one it names."""
+    from . import datasets
+    if args.dataset or args.interactions:
+        ds = load_data(args)
+    else:
+        name = model.card.get("dataset")
+        if not name:
+            raise LLMRecError("the checkpoint names no data set: pass --dataset or --interactions")
+        ds = datasets.load(name)
+    if len(ds.catalog) != len(model.catalog) or list(ds.catalog.ids.ids()) != list(model.catalog.ids.ids()):
+        raise LLMRecError(f"the checkpoint was trained on another catalogue ({len(model.catalog)} items) "
+                          f"than data set {ds.name!r} ({len(ds.catalog)} items)")
+    return ds
+
+
+def cmd_train(args) -> int:
+    from . import evaluate
+    from .models import load_model
+    from pathlib import Path
     ds = load_data(args)
-    sp = split.leave_one_out(ds) if args.split == "loo" else split.temporal(ds)
+    sp = _split(args, ds)
     model = build_model(args)
+    out = Path(args.out)
+    if getattr(model, "supports_resume", False):
+        model.checkpoint_dir = out
     t0 = time.perf_counter()
     model.fit(ds, sp, progress=not args.json)
     fit_s = time.perf_counter() - t0
+    valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="valid",
+                              progress=not args.json)
+    test = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="test",
+                             progress=not args.json)
+    card = {"dataset": ds.name, "protocol": test.protocol, "valid_metrics": valid.metrics,
+            "test_metrics": test.metrics, "fit_seconds": round(fit_s, 2)}
+    card.update(getattr(model, "card_extra", lambda: {})())
+    model.set_histories(ds.histories())  # serve from everything known, not the train split alone
+    model.save(out, card=card)
+    load_model(out)  # the checkpoint must load back
+    res = {"dataset": ds.name, "model": model.name, "out": str(out), "fit_seconds": round(fit_s, 2),
+           "protocol": test.protocol, "valid_metrics": valid.metrics, "metrics": test.metrics}
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"trained {model.name} on {ds.name} in {fit_s:.1f}s -> {out}")
+        print(test.table())
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import evaluate
+    ks = _ks(args.k)
+    if args.model_dir:
+        from .models import load_model
+        model = load_model(args.model_dir)
+        ds = _load_checkpoint_data(args, model)
+        sp = _split(args, ds)
+        fit_s = 0.0
+    else:
+        ds = load_data(args)
+        sp = _split(args, ds)
+        model = build_model(args)
+        t0 = time.perf_counter()
+        model.fit(ds, sp, progress=not args.json)
+        fit_s = time.perf_counter() - t0
     res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage=args.stage,
                             progress=not args.json)
     out = {"dataset": ds.name, "model": model.name, "protocol": res.protocol, "metrics": res.metrics,
@@ -141,9 +202,13 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_recommend(args) -> int:
-    ds = load_data(args)
-    model = build_model(args)
-    model.fit(ds, progress=not args.json)
+    if args.model_dir:
+        from .models import load_model
+        model = load_model(args.model_dir)
+    else:
+        ds = load_data(args)
+        model = build_model(args)
+        model.fit(ds, progress=not args.json)
     recs = model.recommend(users=[args.user], k=args.k, explain=args.explain)
     items = recs.records(model.catalog)
     if args.json:
@@ -202,9 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
 
+    s = sub.add_parser("train", help="train a model on the train split and save a checkpoint")
+    add_data_options(s)
+    add_model_options(s)
+    s.add_argument("--out", required=True, help="checkpoint folder")
+    s.add_argument("--split", choices=["loo", "temporal"], default="loo")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_train)
+
     s = sub.add_parser("evaluate", help="fit a model and evaluate it (full ranking, leave-one-out)")
     add_data_options(s)
     add_model_options(s)
+    s.add_argument("--model-dir", help="evaluate a saved checkpoint instead of fitting --model")
     s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
     s.add_argument("--stage", choices=["test", "valid"], default="test")
@@ -214,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("recommend", help="top-k items for a user")
     add_data_options(s)
     add_model_options(s)
+    s.add_argument("--model-dir", help="recommend from a saved checkpoint")
     s.add_argument("--user", required=True, help="external user id")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")

@@ -94,6 +94,10 @@ class Recommender(ABC):
         if self.catalog is None:
             raise LLMRecError(f"model {self.name!r} is not fitted: call fit() or load a checkpoint")
 
+    def set_histories(self, histories: list[np.ndarray]) -> None:
+        """Replace the known users' histories (e.g. with the full log before serving)."""
+        self._histories = list(histories)
+
     def history_of(self, user: object) -> np.ndarray:
         self._check_fitted()
         return self._histories[self.users.index(user)]

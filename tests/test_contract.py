@@ -1,0 +1,126 @@
+"""The contract every registered model passes: shapes, dtypes, seen items excluded, external ids only,
+batch = one-by-one, raw histories work, save/load round-trips, and a learning floor on synthetic data.
+
+A model joins by adding an entry to CONTRACT: its registered name and a small, fast config.
+"""
+
+import numpy as np
+import pytest
+
+from llmrec import evaluate, models
+from llmrec.errors import LLMRecError, UnknownNameError
+
+# name -> (config overrides for a fast run, minimum test HR@10 on the `tiny` synthetic data)
+CONTRACT: dict[str, tuple[dict, float]] = {
+    "popular": ({}, 0.0),
+    "itemknn": ({}, 0.30),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CONTRACT))
+def fitted(request, tiny, tiny_split):
+    name = request.param
+    overrides, _ = CONTRACT[name]
+    return name, models.get(name, overrides).fit(tiny, tiny_split, progress=False)
+
+
+def test_every_registered_model_is_in_the_contract():
+    assert set(models.names()) <= set(CONTRACT), "add new models to CONTRACT"
+
+
+def test_score_shape_and_dtype(fitted, tiny):
+    _, m = fitted
+    hist = [np.array([0, 1, 2]), np.array([], dtype=np.int64), np.array([5])]
+    s = np.asarray(m.score_histories(hist))
+    assert s.shape == (3, tiny.n_items)
+    assert s.dtype == np.float32
+    assert np.isfinite(s).all()
+
+
+def test_recommend_excludes_seen_and_returns_external_ids(fitted, tiny):
+    _, m = fitted
+    users = list(tiny.users.ids()[:5])
+    recs = m.recommend(users=users, k=10)
+    assert recs.item_ids.shape == (5, 10) and recs.scores.shape == (5, 10)
+    for row, u in enumerate(users):
+        seen = set(tiny.catalog.ids.ids(m.history_of(u)))
+        got = [x for x in recs.item_ids[row] if x is not None]
+        assert not seen & set(got)
+        assert all(isinstance(x, str) and x in tiny.catalog.ids for x in got)
+        assert len(set(got)) == len(got)
+        assert np.all(np.diff(recs.scores[row]) <= 1e-6), "scores best first"
+
+
+def test_batch_equals_one_by_one(fitted, tiny):
+    _, m = fitted
+    users = list(tiny.users.ids()[:4])
+    batch = m.recommend(users=users, k=5)
+    for row, u in enumerate(users):
+        one = m.recommend(users=[u], k=5)
+        np.testing.assert_allclose(batch.scores[row], one.scores[0], rtol=1e-4, atol=1e-5)
+
+
+def test_raw_history_matches_known_user(fitted, tiny):
+    _, m = fitted
+    u = tiny.users.id(3)
+    hist = list(tiny.catalog.ids.ids(m.history_of(u)))
+    a = m.recommend(users=[u], k=5)
+    b = m.recommend(histories=[hist], k=5)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_exclude_and_candidates(fitted, tiny):
+    _, m = fitted
+    u = tiny.users.id(0)
+    first = m.recommend(users=[u], k=3).item_ids[0]
+    again = m.recommend(users=[u], k=3, exclude=[first[0]]).item_ids[0]
+    assert first[0] not in set(again)
+    mask = np.zeros(tiny.n_items, dtype=bool)
+    mask[:10] = True
+    only = m.recommend(users=[u], k=3, candidates=mask).item_ids[0]
+    assert all(tiny.catalog.ids.index(x) < 10 for x in only if x is not None)
+
+
+def test_explain_gives_one_entry_per_item(fitted, tiny):
+    _, m = fitted
+    recs = m.recommend(users=[tiny.users.id(0)], k=4, explain=True)
+    assert len(recs.explanations[0]) == 4
+    assert all(isinstance(e, dict) for e in recs.explanations[0])
+
+
+def test_unknown_user_and_item_name_the_problem(fitted):
+    _, m = fitted
+    with pytest.raises(UnknownNameError, match="unknown user 'nobody'"):
+        m.recommend(users=["nobody"])
+    with pytest.raises(UnknownNameError, match="unknown item 'no-such-item'"):
+        m.recommend(histories=[["no-such-item"]])
+    with pytest.raises(LLMRecError):
+        m.recommend(users=["u0"], k=0)
+
+
+def test_save_load_round_trip(fitted, tiny, tmp_path):
+    _, m = fitted
+    m.save(tmp_path / "ck")
+    back = models.load_model(tmp_path / "ck")
+    users = list(tiny.users.ids()[:3])
+    a, b = m.recommend(users=users, k=5), back.recommend(users=users, k=5)
+    np.testing.assert_array_equal(a.item_ids, b.item_ids)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_learning_floor(fitted, tiny, tiny_split):
+    name, m = fitted
+    floor = CONTRACT[name][1]
+    res = evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False)
+    assert res.metrics["HR@10"] >= floor, (name, res.metrics)
+
+
+def test_checkerboard_withheld_item_comes_back_first(checkerboard):
+    """implicit's checkerboard: itemknn must put each user's withheld liked item first."""
+    from llmrec import split
+    sp = split.leave_one_out(checkerboard)
+    m = models.get("itemknn").fit(checkerboard, sp, progress=False)
+    res = evaluate.evaluate(m, sp, checkerboard.n_users, checkerboard.n_items, ks=(1, 10),
+                            progress=False)
+    # every other liked item is in the history, so the withheld one is the only unseen liked item
+    assert res.metrics["HR@1"] == 1.0
