@@ -140,9 +140,10 @@ def _load_checkpoint_data(args, model):
 
 
 def cmd_train(args) -> int:
+    from pathlib import Path
+
     from . import evaluate
     from .models import load_model
-    from pathlib import Path
     ds = load_data(args)
     sp = _split(args, ds)
     model = build_model(args)
