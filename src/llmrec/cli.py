@@ -257,9 +257,7 @@ def _engine(args):
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn
-
-        from .server import create_app
+        from .server import create_app, run
     except ImportError as e:
         raise LLMRecError(f"serving needs the 'serve' extra ({e}): pip install 'llmrec[serve]'") from None
     engine, data_dir = _engine(args)
@@ -271,7 +269,7 @@ def cmd_serve(args) -> int:
           f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
           f"llmrec: writes {writes}; page http://{args.host}:{args.port}/  API docs "
           f"http://{args.host}:{args.port}/docs", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    run(app, args.host, args.port)
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -160,17 +161,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise _AuthError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
 
-    def write_guard(request: Request) -> None:
+    async def write_guard(request: Request) -> None:  # async: no thread hop per request
         if not api_key and not insecure:
             raise _AuthError(403, "writes are disabled: set LLMREC_API_KEY (and send it as "
                                   "'Authorization: Bearer KEY') or start the server with --insecure")
         check_key(request)
 
-    def read_guard(request: Request) -> None:
-        if protect_reads:
-            check_key(request)
+    async def read_guard(request: Request) -> None:
+        check_key(request)
 
-    Write, Read = [Depends(write_guard)], [Depends(read_guard)]
+    Write, Read = [Depends(write_guard)], ([Depends(read_guard)] if protect_reads else [])
 
     # -- errors: 4xx naming the field, never a 500 for bad input ---------------------------------------
     @app.exception_handler(_AuthError)
@@ -222,12 +222,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         return {**engine.health(), "writes": writes, "version": __version__}
 
     @app.post("/recommend", response_model=RecommendOut, dependencies=Read)
-    def recommend(req: RecommendIn) -> Response:
+    async def recommend(req: RecommendIn) -> Response:
         """Top-k for a `user_id`, a `history` (item ids) or a free `text`; the same `{"items": [...]}`
         shape as `llmrec recommend --json`."""
-        return _json(engine.recommend(user_id=req.user_id, history=req.history, text=req.text, k=req.k,
-                                      filters=req.filters, exclude=req.exclude,
-                                      exclude_seen=req.exclude_seen, explain=req.explain))
+        def run():
+            return _json(engine.recommend(user_id=req.user_id, history=req.history, text=req.text, k=req.k,
+                                          filters=req.filters, exclude=req.exclude,
+                                          exclude_seen=req.exclude_seen, explain=req.explain))
+        # scoring a user or a history takes about a millisecond: inline, no thread hop. Encoding a text
+        # (a language model) and explaining take longer and go to the thread pool.
+        return await run_in_threadpool(run) if req.text is not None or req.explain else run()
 
     @app.get("/items/{item_id}", dependencies=Read)
     def get_item(item_id: Annotated[str, Path(max_length=MAX_ID)]) -> Response:
@@ -276,3 +280,15 @@ class _AuthError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve ``app`` with uvicorn (one worker, as `llmrec serve` does)."""
+    import gc
+
+    import uvicorn
+    # The model, catalogue and histories are tens of thousands of long-lived objects: freeze them out of
+    # the cyclic collector, whose full passes over them otherwise pause requests for tens of ms.
+    gc.collect()
+    gc.freeze()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
