@@ -334,3 +334,18 @@ def test_bad_input_all_4xx_then_healthy(client, engine):
     assert engine.store.count_events() == n_events, "no bad event was stored"
     assert client.get("/health").json()["status"] == "ok"
     assert client.post("/recommend", json={"user_id": "u0"}).status_code == 200
+
+
+def test_itemknn_single_query_fast_path_matches_sparse(ds):
+    """Serving scores one history at a time through a dense copy of the similarities; it must agree with
+    the sparse batch path, also after items were added to the catalogue."""
+    import numpy as np
+    import pandas as pd
+    m = models.get("itemknn").fit(ds, progress=False)
+    m.catalog, _ = m.catalog.upsert(pd.DataFrame({"item_id": ["late1", "late2"], "title": ["a", "b"]}))
+    hists = [np.array([0, 5, 7, 36]), np.array([], dtype=np.int64), np.array([3, 3, 9])]
+    batch = m.score_histories(hists + [np.array([1])])
+    for b, h in enumerate(hists):
+        one = m.score_histories([h])
+        assert one.shape == (1, 38) and one.dtype == np.float32
+        np.testing.assert_allclose(one[0], batch[b], rtol=1e-5, atol=1e-6)
