@@ -349,3 +349,28 @@ def test_itemknn_single_query_fast_path_matches_sparse(ds):
         one = m.score_histories([h])
         assert one.shape == (1, 38) and one.dtype == np.float32
         np.testing.assert_allclose(one[0], batch[b], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_retrain_then_serve_checkpoint(tmp_path, capsys):
+    """`llmrec retrain` on the state a service left behind writes a checkpoint that loads."""
+    from servicekit import write_files
+
+    from llmrec import cli
+    from llmrec.models import load_model
+    items, inter = write_files(tmp_path)
+    m, source = service.load_source(items=str(items), interactions=str(inter), model="itemknn")
+    e = service.open_engine(m, tmp_path / "state", source)
+    e.add_events([{"user_id": "cli-user", "item_id": "g3", "type": "purchase"}])
+    e.store.close()
+    rc = cli.main(["retrain", "--items", str(items), "--interactions", str(inter), "--model", "itemknn",
+                   "--data-dir", str(tmp_path / "state"), "--out", str(tmp_path / "ckpt"), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["users"] == 61 and out["out"] == str(tmp_path / "ckpt")
+    assert "cli-user" in load_model(tmp_path / "ckpt").users
+    # bad combinations are one-line errors, exit 2
+    assert cli.main(["retrain", "--model-dir", str(tmp_path / "ckpt"), "--items", str(items),
+                     "--out", str(tmp_path / "x")]) == 2
+    assert cli.main(["serve", "--items", str(items), "--model", "itemknn"]) == 2  # itemknn needs a log
+    err = capsys.readouterr().err
+    assert "needs an interaction log" in err

@@ -269,6 +269,8 @@ def cmd_serve(args) -> int:
           f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
           f"llmrec: writes {writes}; page http://{args.host}:{args.port}/  API docs "
           f"http://{args.host}:{args.port}/docs", file=sys.stderr)
+    if args.insecure and not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"llmrec: WARNING: anyone who can reach {args.host} can write (--insecure)", file=sys.stderr)
     run(app, args.host, args.port)
     return 0
 

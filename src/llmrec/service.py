@@ -361,7 +361,7 @@ class Engine:
         if not any(str(v).strip() for k, v in row.items() if k != "item_id"):
             raise field_error("title", "an item needs some text: at least one of "
                               + ", ".join(TEXT_FIELDS))
-        with self._write_lock, self._model_lock:
+        with self._write_lock:  # the model lock only around the catalogue swap, not the disk write
             created = item_id not in self.catalog.ids
             self.store.upsert_items([row])
             self._upsert_catalog([row])
