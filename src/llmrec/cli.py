@@ -246,6 +246,48 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _engine(args):
+    from . import service
+    model, source = service.load_source(dataset=args.dataset, items=args.items,
+                                        interactions=args.interactions, model_dir=args.model_dir,
+                                        model=args.model, progress=not getattr(args, "json", False))
+    data_dir = args.data_dir or service.default_data_dir(source)
+    return service.open_engine(model, data_dir, source), data_dir
+
+
+def cmd_serve(args) -> int:
+    try:
+        from .server import create_app, run
+    except ImportError as e:
+        raise LLMRecError(f"serving needs the 'serve' extra ({e}): pip install 'llmrec[serve]'") from None
+    engine, data_dir = _engine(args)
+    key = os.environ.get("LLMREC_API_KEY") or None
+    app = create_app(engine, api_key=key, insecure=args.insecure, protect_reads=args.protect_reads)
+    writes = "need LLMREC_API_KEY" if key else ("OPEN (--insecure)" if args.insecure else
+                                                 "disabled (set LLMREC_API_KEY or pass --insecure)")
+    print(f"llmrec: serving {engine.source}: {len(engine.catalog):,} items, {len(engine.user_ids(10**9)):,} "
+          f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
+          f"llmrec: writes {writes}; page http://{args.host}:{args.port}/  API docs "
+          f"http://{args.host}:{args.port}/docs", file=sys.stderr)
+    if args.insecure and not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"llmrec: WARNING: anyone who can reach {args.host} can write (--insecure)", file=sys.stderr)
+    run(app, args.host, args.port)
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    engine, data_dir = _engine(args)
+    res = engine.retrain(out=args.out, progress=not args.json)
+    res["data_dir"] = str(data_dir)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"retrained {res['model']} on {res['interactions']:,} interactions of {res['users']:,} users "
+              f"in {res['fit_seconds']}s -> {args.out}\nserve it: llmrec serve --model-dir {args.out} "
+              f"--data-dir {data_dir}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmrec", description="Recommendations made by language models.")
@@ -299,6 +341,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="fetch ml-100k, fit itemknn, evaluate, recommend for one user")
     s.add_argument("--user", default="196")
     s.set_defaults(func=cmd_demo)
+
+    for name, help_, func in (("serve", "start the HTTP service and web page (default: ml-100k)", cmd_serve),
+                              ("retrain", "fold the service's stored events into a new checkpoint",
+                               cmd_retrain)):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--model-dir", help="serve a saved checkpoint")
+        s.add_argument("--dataset", help="a named data set (default ml-100k)")
+        s.add_argument("--items", metavar="FILE", help="your item catalogue (CSV, TSV, JSONL, Parquet)")
+        s.add_argument("--interactions", metavar="FILE", help="your interaction log")
+        s.add_argument("--model", default=None, help="model to fit (default: zero-shot if installed, else "
+                                                     "itemknn)")
+        s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
+                                          "under the user data folder)")
+        s.set_defaults(func=func)
+        if name == "serve":
+            s.add_argument("--host", default="127.0.0.1")
+            s.add_argument("--port", type=int, default=8000)
+            s.add_argument("--insecure", action="store_true",
+                           help="allow writes without an API key (LLMREC_API_KEY)")
+            s.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
+        else:
+            s.add_argument("--out", required=True, help="checkpoint folder to write")
+            s.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
