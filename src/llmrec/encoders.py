@@ -347,6 +347,12 @@ def names() -> list[str]:
     return sorted([*BUILTIN, *ALIASES])
 
 
+def register(name: str, factory: Callable[[], Encoder], description: str = "") -> None:
+    """Add an encoder under ``name`` (e.g. your own backend, or a stub in tests)."""
+    BUILTIN[name] = (description or name, factory)
+    _LOADED.pop(name, None)
+
+
 def describe() -> dict[str, str]:
     out = {k: v[0] for k, v in BUILTIN.items()}
     out.update({a: f"alias of {t}" for a, t in ALIASES.items()})
@@ -461,4 +467,4 @@ def cached(enc: Encoder | str, folder: Path | None = None) -> CachedEncoder:
 
 
 __all__ = ["BUILTIN", "CachedEncoder", "Encoder", "cached", "check_texts", "describe", "get",
-           "l2_normalize", "mean_pool", "names"]
+           "l2_normalize", "mean_pool", "names", "register"]

@@ -37,7 +37,7 @@ class ZeroShotConfig:
     encoder: str = "minilm"
     template: str = DEFAULT_TEMPLATE
     user: Literal["pool", "text"] = "pool"
-    recency: float = 0.9
+    recency: float = 0.5  # picked on validation HR@10 (ml-100k, ml-1m) from 1.0, 0.9, 0.7, 0.5, 0.3
     max_history: int = 50
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
     index: Literal["exact", "hnsw", "ivf"] = "exact"
@@ -80,7 +80,7 @@ class ZeroShot(Recommender):
             raise LLMRecError(f"ZeroShotConfig.max_history: must be >= 1, got {self.config.max_history}")
         self._encoder: encoders.Encoder | None = None
         self._tags: list[list[str]] | None = None
-        self.encode_seconds = 0.0
+        self.encode_seconds, self.cache_hits = 0.0, 0
 
     # -- fitting: encode the catalogue -------------------------------------------------------------
     @property
@@ -101,10 +101,13 @@ class ZeroShot(Recommender):
 
     def _encode_catalog(self, progress: bool) -> None:
         texts = item_texts(self.catalog, self.config.template)
+        enc = self.encoder
+        hits0 = getattr(enc, "hits", 0)
         t0 = time.perf_counter()
-        vecs = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
-                                   batch_size=self.config.batch_size, progress=progress)
+        vecs = enc.encode(texts, normalize=self.config.metric == "cosine",
+                                   batch_size=self.config.batch_size, progress=None if progress else False)
         self.encode_seconds = time.perf_counter() - t0
+        self.cache_hits = getattr(enc, "hits", 0) - hits0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
 
@@ -267,9 +270,9 @@ class ZeroShot(Recommender):
         n = len(self.catalog)
         return {"encoder": self.config.encoder, "encoder_dim": int(self.item_vectors.shape[1]),
                 "encode_seconds": round(self.encode_seconds, 2),
+                "cache_hits": self.cache_hits,
                 "notes": f"encoder {self.config.encoder}, user={self.config.user}; no training on "
-                         f"interactions ({n} items encoded"
-                         + (", from the embedding cache)" if self.config.cache else ")")}
+                         f"interactions; {n} items, {self.cache_hits} of them from the embedding cache"}
 
     def card_extra(self) -> dict:
         return {"encoder": self.config.encoder, "encoder_dim": int(self.item_vectors.shape[1])}
