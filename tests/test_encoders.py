@@ -11,9 +11,9 @@ from llmrec.errors import LLMRecError, UnknownNameError
 
 
 class BagOfWords(encoders.Encoder):
-    """A deterministic stub: hashed word counts; 'truncates' texts over 8 words. Counts calls."""
+    """A deterministic stub: hashed word counts; 'truncates' texts over 32 words. Counts calls."""
 
-    name, key, dim, max_tokens = "bow", "test:bow", 64, 8
+    name, key, dim, max_tokens = "bow", "test:bow", 64, 32
 
     def __init__(self, fail_on: str | None = None):
         super().__init__()
@@ -54,7 +54,7 @@ def test_empty_or_wrong_text_is_an_error(bad, msg):
 def test_overlong_text_truncated_with_one_warning():
     enc = BagOfWords()
     long = " ".join(["word"] * 50)
-    with pytest.warns(UserWarning, match=r"1 text\(s\) longer than the model's window of 8 tokens"):
+    with pytest.warns(UserWarning, match=r"1 text\(s\) longer than the model's window of 32 tokens"):
         enc.encode([long, "short"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once: no second warning

@@ -359,27 +359,38 @@ def describe() -> dict[str, str]:
     return out
 
 
-def get(name: str) -> Encoder:
-    """An encoder by built-in name, local sentence-transformers folder or Hugging Face name ("org/model").
-    Loaded once per process."""
+def resolve(name: str) -> tuple[str, str]:
+    """Check an encoder name without loading anything: ("builtin" | "folder" | "hub", canonical name).
+    Raises for an unknown name or a folder that is not a model."""
     if not isinstance(name, str) or not name.strip():
         raise LLMRecError("encoder name is empty")
     name = ALIASES.get(name, name)
-    if name in _LOADED:
-        return _LOADED[name]
     if name in BUILTIN:
-        enc = BUILTIN[name][1]()
-    elif Path(name).expanduser().exists():
+        return "builtin", name
+    if Path(name).expanduser().exists():
         folder = Path(name).expanduser().resolve()
         if not folder.is_dir() or not any((folder / f).exists() for f in ("modules.json", "config.json")):
             raise LLMRecError(f"{folder}: not a model folder (no modules.json or config.json); pass a "
                               f"sentence-transformers folder or one of: {', '.join(names())}")
-        enc = SentenceTransformerEncoder(str(folder), name=str(folder), key=f"st:{folder}")
-    elif "/" in name and not name.startswith((".", "/", "~")):
-        enc = SentenceTransformerEncoder(name)  # a Hugging Face hub name: needs a network
+        return "folder", str(folder)
+    if "/" in name and not name.startswith((".", "/", "~")):
+        return "hub", name  # a Hugging Face hub name: loading needs a network
+    raise UnknownNameError("encoder", name,
+                           [*names(), "ORG/MODEL (a sentence-transformers name)", "a local folder"])
+
+
+def get(name: str) -> Encoder:
+    """An encoder by built-in name, local sentence-transformers folder or Hugging Face name ("org/model").
+    Loaded once per process."""
+    kind, name = resolve(name)
+    if name in _LOADED:
+        return _LOADED[name]
+    if kind == "builtin":
+        enc = BUILTIN[name][1]()
+    elif kind == "folder":
+        enc = SentenceTransformerEncoder(name, name=name, key=f"st:{name}")
     else:
-        raise UnknownNameError("encoder", name,
-                               [*names(), "ORG/MODEL (a sentence-transformers name)", "a local folder"])
+        enc = SentenceTransformerEncoder(name)
     _LOADED[name] = enc
     return enc
 
@@ -467,4 +478,4 @@ def cached(enc: Encoder | str, folder: Path | None = None) -> CachedEncoder:
 
 
 __all__ = ["BUILTIN", "CachedEncoder", "Encoder", "cached", "check_texts", "describe", "get",
-           "l2_normalize", "mean_pool", "names", "register"]
+           "l2_normalize", "mean_pool", "names", "register", "resolve"]

@@ -78,6 +78,7 @@ class ZeroShot(Recommender):
                               f"{self.config.profile_weight}")
         if self.config.max_history < 1:
             raise LLMRecError(f"ZeroShotConfig.max_history: must be >= 1, got {self.config.max_history}")
+        encoders.resolve(self.config.encoder)  # an unknown name fails here, before any work
         self._encoder: encoders.Encoder | None = None
         self._tags: list[list[str]] | None = None
         self.encode_seconds, self.cache_hits = 0.0, 0
