@@ -130,7 +130,7 @@ SCENARIO_BAD = ["一本家常菜谱", "一套园艺工具", "一本浪漫爱情�
 @pytest.fixture(scope="module")
 def sentences():
     from llmrec import synthetic
-    ds = synthetic.make(n_users=5, n_items=200, seed=3)
+    ds = synthetic.make(n_users=5, n_items=120, seed=3)
     return [f"{t}. {d}" for t, d in zip(ds.catalog.frame.title, ds.catalog.frame.description, strict=True)]
 
 

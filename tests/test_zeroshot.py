@@ -98,9 +98,10 @@ def test_recommends_the_users_topic(topics, user, encoder):
 def test_explanations_name_history_items_similarities_and_shared_tags(topics):
     m = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
     sci = sorted(_topic_items(topics, "science fiction"))
-    recs = m.recommend(histories=[sci[:4]], k=3, explain=True)
+    recs = m.recommend(histories=[sci[:4] + sci[:2]], k=3, explain=True)
     for e in recs.explanations[0]:
         assert 1 <= len(e["because"]) <= 3
+        assert len({b["item_id"] for b in e["because"]}) == len(e["because"])  # a repeat is named once
         b = e["because"][0]
         assert b["item_id"] in sci[:4] and -1.0 <= b["similarity"] <= 1.0 and "title" in b
         assert "science fiction" in e["shared_tags"]

@@ -235,6 +235,7 @@ class ZeroShot(Recommender):
         titles, tags = self.catalog.titles(), self.tags
         unit = encoders.l2_normalize(self.item_vectors)
         h = np.asarray(history, np.int64)[-self.config.max_history:]
+        h = np.array(list(dict.fromkeys(h[::-1].tolist())), dtype=np.int64)  # distinct, most recent first
         words, wv = [], None
         if profile:
             words = profile_words(profile) or [profile]
