@@ -192,6 +192,20 @@ def test_cli_recommend_free_text_on_a_bare_catalogue(catalog_file, capsys):
     assert out["items"][0]["explanation"]["profile_words"]
 
 
+@pytest.mark.slow
+def test_service_serves_zero_shot_from_a_bare_catalogue(catalog_file, tmp_path):
+    from llmrec import service
+    model, source = service.load_source(items=str(catalog_file), model="zero-shot")
+    engine = service.open_engine(model, tmp_path / "state", source)
+    try:
+        out = engine.recommend(text="a science fiction film about aliens", k=1, explain=True)
+        assert out["items"][0]["item_id"] == "f1" and out["items"][0]["explanation"]["profile_words"]
+        engine.upsert_item("n1", {"title": "Time travel paradoxes: a science fiction film"})
+        assert "n1" in {it["item_id"] for it in engine.recommend(text="time travel film", k=2)["items"]}
+    finally:
+        engine.store.close()
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     p = tmp_path / "items.csv"
     pd.DataFrame({"item_id": ["a"], "price": [3]}).to_csv(p, index=False)

@@ -91,6 +91,17 @@ class ZeroShot(Recommender):
             self._encoder = encoders.cached(enc) if self.config.cache else enc
         return self._encoder
 
+    def fit(self, data, split=None, progress: bool = True) -> ZeroShot:
+        """Encode the catalogue; the interaction log only supplies known users' histories, and may be
+        empty (a catalogue with no log is enough)."""
+        train = split.train if split is not None else data.interactions
+        if len(train) == 0:
+            self.catalog, self.users = data.catalog, data.users
+            self._histories = [np.zeros(0, np.int64) for _ in range(data.n_users)]
+            self._encode_catalog(progress)
+            return self
+        return super().fit(data, split, progress)
+
     def _fit(self, data, train, split, progress) -> None:
         self._encode_catalog(progress)
 
