@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
            "texts": f"first {len(texts)} item texts of {args.dataset} (default template), "
                     f"mean {np.mean([len(t) for t in texts]):.0f} characters",
            "threads": int(os.environ.get("LLMREC_THREADS", 0)) or min(4, os.cpu_count() or 1),
-           "rounds": args.rounds, "results": rows,
+           "rounds": args.rounds, "load_average_1min_at_end": round(os.getloadavg()[0], 1), "results": rows,
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
            "date": dt.date.today().isoformat(), "llmrec_version": __version__,
            "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared), python {platform.python_version()}"}
