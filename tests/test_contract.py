@@ -14,6 +14,7 @@ from llmrec.errors import LLMRecError, UnknownNameError
 CONTRACT: dict[str, tuple[dict, float]] = {
     "popular": ({}, 0.0),
     "itemknn": ({}, 0.30),
+    "zero-shot": ({"encoder": "minilm-onnx"}, 0.15),
 }
 
 

@@ -53,7 +53,11 @@ def add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="itemknn", help="model name (see `llmrec models`)")
+    p.add_argument("--model", default=None,
+                   help="model name (see `llmrec models`; default itemknn, or zero-shot with --text)")
+    p.add_argument("--encoder", default=None, metavar="NAME",
+                   help="text encoder for models that encode (see `llmrec encoders`), a "
+                        "sentence-transformers name or a local model folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable (values parsed as JSON)")
     p.add_argument("--seed", type=int, default=None, help="random seed for models that use one")
@@ -78,10 +82,15 @@ def build_model(args: argparse.Namespace):
     from . import models
     from .config import parse_overrides
     overrides = parse_overrides(args.overrides)
+    args.model = args.model or ("zero-shot" if getattr(args, "text", None) else "itemknn")
     cls = models.get_class(args.model)
     fields = set(getattr(cls.Config, "__dataclass_fields__", {}))
     if args.seed is not None and "seed" in fields:
         overrides.setdefault("seed", args.seed)
+    if getattr(args, "encoder", None):
+        if "encoder" not in fields:
+            raise LLMRecError(f"model {args.model!r} uses no text encoder; --encoder works with zero-shot")
+        overrides["encoder"] = args.encoder
     return models.get(args.model, overrides)
 
 
@@ -202,7 +211,57 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _print_because(expl: dict) -> None:
+    if expl.get("because"):
+        print("      because: " + "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in expl["because"]))
+    if expl.get("profile_words"):
+        print("      closest words: " + ", ".join(f"{w['word']} ({w['similarity']:.2f})"
+                                               for w in expl["profile_words"]))
+    if expl.get("shared_tags"):
+        print("      shared tags: " + ", ".join(expl["shared_tags"]))
+
+
+def cmd_recommend_text(args) -> int:
+    """Free text (a profile), optionally mixed with a known user's history; works on a bare catalogue."""
+    from .data import load_catalog
+    from .io import parse_column_map
+    if args.model_dir:
+        from .models import load_model
+        model = load_model(args.model_dir)
+    elif args.dataset or args.interactions:
+        model = build_model(args)
+        model.fit(load_data(args), progress=not args.json)
+    elif args.items:
+        model = build_model(args)
+        if not hasattr(model, "fit_catalog"):
+            raise LLMRecError(f"model {model.name!r} needs an interaction log; with --items alone use "
+                              "--model zero-shot")
+        model.fit_catalog(load_catalog(args.items, parse_column_map(args.item_columns)),
+                          progress=not args.json)
+    else:
+        raise LLMRecError("no catalogue: pass --items FILE (or --dataset / --model-dir)")
+    if not hasattr(model, "recommend_text"):
+        raise LLMRecError(f"model {model.name!r} cannot recommend for free text; use --model zero-shot")
+    hist = [list(model.catalog.ids.ids(model.history_of(args.user)))] if args.user else None
+    recs = model.recommend_text([args.text], k=args.k, histories=hist, explain=args.explain)
+    items = recs.records(model.catalog)
+    if args.json:
+        _print_json({"text": args.text, "user_id": args.user, "model": model.name, "items": items})
+    else:
+        print(f"profile: {args.text!r}" + (f" + history of user {args.user}" if args.user else "")
+              + f"; model {model.name} ({getattr(model.config, 'encoder', '')})")
+        for rank, it in enumerate(items, 1):
+            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+            if args.explain:
+                _print_because(it["explanation"])
+    return 0
+
+
 def cmd_recommend(args) -> int:
+    if args.text is not None:
+        return cmd_recommend_text(args)
+    if not args.user:
+        raise LLMRecError("pass --user ID (a known user) or --text \"...\" (a free-text profile)")
     if args.model_dir:
         from .models import load_model
         model = load_model(args.model_dir)
@@ -219,9 +278,36 @@ def cmd_recommend(args) -> int:
         print(f"user {args.user}: {len(hist)} items in history; model {model.name}")
         for rank, it in enumerate(items, 1):
             print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
-            if args.explain and it["explanation"].get("because"):
-                why = "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in it["explanation"]["because"])
-                print(f"      because: {why}")
+            if args.explain:
+                _print_because(it["explanation"])
+    return 0
+
+
+def cmd_encoders(args) -> int:
+    from . import encoders
+    if args.json:
+        _print_json({"encoders": encoders.describe()})
+    else:
+        for name, what in encoders.describe().items():
+            print(f"{name:<18} {what}")
+    return 0
+
+
+def cmd_tags(args) -> int:
+    """Choose tags for items from a vocabulary by embedding similarity and write them to the catalogue."""
+    from . import encoders, text
+    from .data import load_catalog
+    from .io import parse_column_map
+    catalog = load_catalog(args.items, parse_column_map(args.item_columns))
+    vocab = text.load_vocabulary(args.vocab)
+    enc = encoders.cached(args.encoder or "minilm")
+    tagged, n = text.tag_catalog(catalog, vocab, enc, k=args.k, min_similarity=args.min_similarity,
+                                 only_missing=not args.all)
+    text.write_catalog(tagged, args.out)
+    if args.json:
+        _print_json({"items": len(catalog), "tagged": n, "out": str(args.out)})
+    else:
+        print(f"tagged {n:,} of {len(catalog):,} items from {len(vocab)} tags -> {args.out}")
     return 0
 
 
@@ -332,11 +418,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(s)
     add_model_options(s)
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
-    s.add_argument("--user", required=True, help="external user id")
+    s.add_argument("--user", help="external user id")
+    s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("encoders", help="list the built-in text encoders")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_encoders)
+
+    s = sub.add_parser("tags", help="choose tags for items from a vocabulary (embedding similarity)")
+    s.add_argument("--items", required=True, metavar="FILE", help="item catalogue")
+    s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    s.add_argument("--vocab", required=True, metavar="FILE", help="tag vocabulary, one tag a line")
+    s.add_argument("--out", required=True, metavar="FILE", help="catalogue with tags (.csv/.tsv/.jsonl/.parquet)")
+    s.add_argument("--encoder", default=None, metavar="NAME", help="text encoder (default minilm)")
+    s.add_argument("-k", type=int, default=3, help="tags per item (default 3)")
+    s.add_argument("--min-similarity", type=float, default=0.0)
+    s.add_argument("--all", action="store_true", help="re-tag items that already have tags")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tags)
 
     s = sub.add_parser("demo", help="fetch ml-100k, fit itemknn, evaluate, recommend for one user")
     s.add_argument("--user", default="196")
