@@ -12,6 +12,8 @@ from .base import Recommendations, Recommender, load_model
 REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
     "itemknn": "llmrec.models.itemknn:ItemKNN",
+    "semantic-ids": "llmrec.models.semantic_ids:SemanticIds",
+    "titlegen": "llmrec.models.titlegen:TitleGen",
 }
 
 
