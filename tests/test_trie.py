@@ -28,7 +28,7 @@ class TableDecoder:
 
     def step(self, parents, tokens):
         self.calls += 1
-        self.prefixes = [self.prefixes[p] + (int(t),) for p, t in zip(parents, tokens)]
+        self.prefixes = [self.prefixes[p] + (int(t),) for p, t in zip(parents, tokens, strict=True)]
         return np.stack([self.logp(p) for p in self.prefixes])
 
 

@@ -222,6 +222,10 @@ def cmd_recommend(args) -> int:
             if args.explain and it["explanation"].get("because"):
                 why = "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in it["explanation"]["because"])
                 print(f"      because: {why}")
+            elif args.explain and "prompt" in it["explanation"]:  # a generated item
+                e = it["explanation"]
+                print(f"      generated: {e.get('generated')}, log-prob {e['score']:.3f}, from the prompt:")
+                print("        " + e["prompt"].replace("\n", "\n        "))
     return 0
 
 

@@ -41,7 +41,7 @@ class Trie:
         self.item: list[int] = [-1]  # item at a leaf, -1 inside
         self.parent: list[int] = [-1]
         self.leaf_of: dict[int, int] = {}
-        for s, it in zip(seqs, items):
+        for s, it in zip(seqs, items, strict=True):
             if not s:
                 raise ValueError(f"item {it} has an empty token sequence")
             node = 0
@@ -148,7 +148,7 @@ def beam_search(decoder: Decoder, trie: Trie, k: int, beam_size: int | None = No
         order = np.lexsort((tok, parent, -score))[:beam_size]  # best score; ties: earlier beam, token
         parent, tok, node, score = parent[order], tok[order], node[order], score[order]
         leaf = np.array([trie.item[n] >= 0 for n in node], dtype=bool)
-        for n, s in zip(node[leaf], score[leaf]):
+        for n, s in zip(node[leaf], score[leaf], strict=True):
             done_items.append(trie.item[n])
             done_scores.append(float(s))
         live = ~leaf

@@ -127,8 +127,8 @@ def residual_codes(x: np.ndarray, levels: int, k: int, iters: int, seed: int) ->
 # -- the sequence model -----------------------------------------------------------------------------
 def _build_net(vocab: int, max_tokens: int, cfg: SemanticIdsConfig):
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Block(nn.Module):
         def __init__(self, d, h, p):
@@ -332,7 +332,7 @@ class SemanticIds(Recommender):
             t0 = time.perf_counter()
             encs = self._encode_histories(part)
             shared = (time.perf_counter() - t0) / max(len(part), 1)
-            for j, (h, enc) in enumerate(zip(part, encs)):
+            for j, (h, enc) in enumerate(zip(part, encs, strict=True)):
                 t1 = time.perf_counter()
                 res = self._beam(enc, np.asarray(h, dtype=np.int64))
                 self._latency.append(shared + time.perf_counter() - t1)
@@ -357,7 +357,7 @@ class SemanticIds(Recommender):
         if not hist:
             return 0.0
         bad = 0
-        for h, enc in zip(hist, self._encode_histories(hist)):
+        for enc in self._encode_histories(hist):
             past, first, n = enc
             toks = greedy_unconstrained(_CodeDecoder(self.net, past, first, n), self.width)
             bad += self.trie.lookup(toks) < 0

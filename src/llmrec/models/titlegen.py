@@ -96,28 +96,33 @@ class _LMDecoder:
 
     def __init__(self, lm, prompt_ids: list[int]):
         self.lm, self.prompt = lm, prompt_ids
+        params = _forward_params(lm)
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
+        self.extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     def _logp(self, out):
         import torch
-        self.cache = out.past_key_values
+        self.cache = getattr(out, "cache", None) or out.past_key_values
         return torch.log_softmax(out.logits[:, -1].float(), -1).numpy()
 
     def start(self):
         import torch
         with torch.no_grad():
-            return self._logp(self.lm(input_ids=torch.tensor([self.prompt]), use_cache=True))
+            return self._logp(self.lm(input_ids=torch.tensor([self.prompt]), use_cache=True, **self.extra))
 
     def step(self, parents, tokens):
         import torch
         idx = torch.from_numpy(np.asarray(parents, dtype=np.int64))
-        if self.cache.get_seq_length() and (len(idx) != self._batch() or (idx != torch.arange(len(idx))).any()):
-            self.cache.reorder_cache(idx)
+        self.cache.reorder_cache(idx)
         with torch.no_grad():
             return self._logp(self.lm(input_ids=torch.from_numpy(np.asarray(tokens))[:, None],
-                                      past_key_values=self.cache, use_cache=True))
+                                      use_cache=True, **{self.cache_kw: self.cache}, **self.extra))
 
-    def _batch(self):
-        return self.cache.layers[0].keys.shape[0]
+
+def _forward_params(lm) -> set[str]:
+    import inspect
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return set(inspect.signature(base.forward).parameters)
 
 
 class TitleGen(Recommender):
@@ -238,7 +243,7 @@ class TitleGen(Recommender):
 
     def explain_items(self, history, items) -> list[dict]:
         res, ids, n_in = self.generate(np.asarray(history, dtype=np.int64))
-        got = dict(zip(res.items.tolist(), res.scores.tolist()))
+        got = dict(zip(res.items.tolist(), res.scores.tolist(), strict=True))
         prompt = self.tok.decode(ids)
         return [{"generated": int(i) in got, "title_generated": self.titles[int(i)], "prompt": prompt,
                  "score": got.get(int(i), OUTSIDE), "history_items_in_prompt": n_in} for i in items]
