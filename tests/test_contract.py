@@ -14,7 +14,8 @@ from llmrec.errors import LLMRecError, UnknownNameError
 CONTRACT: dict[str, tuple[dict, float]] = {
     "popular": ({}, 0.0),
     "itemknn": ({}, 0.30),
-    "semantic-ids": ({"levels": 2, "codebook_size": 8, "epochs": 10, "valid_users": 100, "threads": 1},
+    "semantic-ids": ({"levels": 2, "codebook_size": 8, "epochs": 10, "valid_users": 100, "threads": 1,
+                      "invalid_sample": 20},
                      0.25),
     # a 2-layer random Llama (the real LM is too slow for the contract on a CPU); its learning is shown
     # by tests/test_titlegen.py's slow real-model test, so the floor here is 0

@@ -55,6 +55,7 @@ class SemanticIdsConfig:
     max_minutes: float = 0.0  # stop training after the epoch that passes this budget (0: no budget)
     valid_users: int = 500  # validation sample used to pick the epoch (0: no validation)
     kmeans_iters: int = 25
+    invalid_sample: int = 200  # training histories decoded without the trie to measure invalid items
     seed: int = 0
     threads: int = 0  # torch CPU threads while fitting/scoring (0: torch's default; 1 on a busy machine)
 
@@ -375,10 +376,10 @@ class SemanticIds(Recommender):
                  "history_items_in_prompt": int(len(shown))} for i in items]
 
     # -- reporting --------------------------------------------------------------------------------
-    def invalid_rate_unconstrained(self, n_users: int = 200) -> float:
-        """Greedy decoding with no trie on the first ``n_users`` histories: the share whose code is no
-        catalogue item's."""
-        hist = [h for h in self._histories if len(h)][:n_users]
+    def invalid_rate_unconstrained(self) -> float:
+        """Greedy decoding with no trie on the first ``invalid_sample`` histories: the share whose code
+        is no catalogue item's."""
+        hist = [h for h in self._histories if len(h)][:self.config.invalid_sample]
         if not hist:
             return 0.0
         bad = 0
