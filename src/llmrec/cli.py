@@ -219,6 +219,9 @@ def _print_because(expl: dict) -> None:
                                                for w in expl["profile_words"]))
     if expl.get("shared_tags"):
         print("      shared tags: " + ", ".join(expl["shared_tags"]))
+    if "prompt" in expl:  # a generated item
+        print(f"      generated: {expl.get('generated')}, log-prob {expl['score']:.3f}, from the prompt:")
+        print("        " + expl["prompt"].replace("\n", "\n        "))
 
 
 def cmd_recommend_text(args) -> int:

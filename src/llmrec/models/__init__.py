@@ -13,6 +13,8 @@ REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
     "itemknn": "llmrec.models.itemknn:ItemKNN",
     "zero-shot": "llmrec.models.zeroshot:ZeroShot",
+    "semantic-ids": "llmrec.models.semantic_ids:SemanticIds",
+    "titlegen": "llmrec.models.titlegen:TitleGen",
 }
 
 
