@@ -211,6 +211,13 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _print_items(items: list[dict], explain: bool) -> None:
+    for rank, it in enumerate(items, 1):
+        print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+        if explain:
+            _print_because(it["explanation"])
+
+
 def _print_because(expl: dict) -> None:
     if expl.get("because"):
         print("      because: " + "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in expl["because"]))
@@ -253,10 +260,7 @@ def cmd_recommend_text(args) -> int:
     else:
         print(f"profile: {args.text!r}" + (f" + history of user {args.user}" if args.user else "")
               + f"; model {model.name} ({getattr(model.config, 'encoder', '')})")
-        for rank, it in enumerate(items, 1):
-            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
-            if args.explain:
-                _print_because(it["explanation"])
+        _print_items(items, args.explain)
     return 0
 
 
@@ -279,10 +283,7 @@ def cmd_recommend(args) -> int:
     else:
         hist = model.history_of(args.user)
         print(f"user {args.user}: {len(hist)} items in history; model {model.name}")
-        for rank, it in enumerate(items, 1):
-            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
-            if args.explain:
-                _print_because(it["explanation"])
+        _print_items(items, args.explain)
     return 0
 
 

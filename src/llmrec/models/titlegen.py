@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..lm import load_causal_lm, resolve, torch_threads
-from ..trie import Trie, beam_search, greedy_unconstrained
+from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
 from .base import Recommender
 
 OUTSIDE = -1.0e4  # score of items the beam did not return
@@ -266,14 +266,8 @@ class TitleGen(Recommender):
         return bad / len(hist)
 
     def benchmark_extra(self) -> dict:
-        lat = np.array(self._latency) * 1000 if self._latency else np.zeros(1)
-        return {"invalid_rate": round(self._invalid / max(self._returned, 1), 4),
-                "invalid_rate_unconstrained": round(self.invalid_rate_unconstrained(), 4),
-                "invalid_rate_note": "constrained: share of beam items not in the catalogue over every "
-                                     "evaluated user; unconstrained: greedy decoding without the trie for "
-                                     f"{self.config.invalid_sample} training histories",
-                "latency_ms_p50": round(float(np.percentile(lat, 50)), 1),
-                "latency_ms_p95": round(float(np.percentile(lat, 95)), 1),
+        return {**generation_report(self._latency, self._invalid, self._returned,
+                                    self.invalid_rate_unconstrained(), self.config.invalid_sample),
                 **self.card_extra()}
 
     def card_extra(self) -> dict:
