@@ -29,8 +29,10 @@ def peak_memory_mb() -> float:
 
 
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
-            command: str = "") -> dict:
+            command: str = "", checkpoint_dir: Path | None = None) -> dict:
     model = models.get(model_name, overrides)
+    if checkpoint_dir is not None and getattr(model, "supports_resume", False):
+        model.checkpoint_dir = checkpoint_dir / f"{ds.name}__{tag or model_name}"
     t0 = time.perf_counter()
     model.fit(ds, sp)
     fit_s = time.perf_counter() - t0
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="MODEL.KEY=VALUE")
     p.add_argument("--tag", default=None, help="result name instead of the model name (one model)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="trained models keep per-epoch state, history and curve here (and resume)")
     args = p.parse_args(argv)
     per_model: dict[str, dict] = {}
     for key, value in parse_overrides(args.overrides).items():
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         ds = datasets.load(name)
         sp = split.leave_one_out(ds)
         for m in args.model:
-            r = run_one(ds, sp, m, per_model.get(m, {}), tag=args.tag, command=command)
+            r = run_one(ds, sp, m, per_model.get(m, {}), tag=args.tag, command=command,
+                        checkpoint_dir=args.checkpoint_dir)
             path = args.out / f"{ds.name}__{r['model']}.json"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n")

@@ -14,6 +14,8 @@ from llmrec.errors import LLMRecError, UnknownNameError
 CONTRACT: dict[str, tuple[dict, float]] = {
     "popular": ({}, 0.0),
     "itemknn": ({}, 0.30),
+    "sasrec": (dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3,
+                    dropout=0.1, threads=1), 0.45),
 }
 
 

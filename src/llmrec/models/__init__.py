@@ -12,6 +12,7 @@ from .base import Recommendations, Recommender, load_model
 REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
     "itemknn": "llmrec.models.itemknn:ItemKNN",
+    "sasrec": "llmrec.models.sasrec:SASRec",
 }
 
 
