@@ -16,6 +16,8 @@ CONTRACT: dict[str, tuple[dict, float]] = {
     "itemknn": ({}, 0.30),
     "sasrec": (dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3,
                     dropout=0.1, threads=1), 0.45),
+    "textseq": (dict(encoder="hash", embedding_size=32, max_length=20, epochs=12, batch_size=64,
+                     learning_rate=5e-3, dropout=0.1, threads=1), 0.45),
 }
 
 

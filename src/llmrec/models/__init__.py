@@ -13,6 +13,7 @@ REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
     "itemknn": "llmrec.models.itemknn:ItemKNN",
     "sasrec": "llmrec.models.sasrec:SASRec",
+    "textseq": "llmrec.models.textseq:TextSeq",
 }
 
 
