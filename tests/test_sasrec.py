@@ -1,6 +1,8 @@
 """SASRec: it learns the synthetic Markov structure (beats popularity by a clear margin), and bad input
 (too little data, empty histories, another catalogue, unknown config keys) gets a clear error."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -66,7 +68,6 @@ def test_checkpoint_from_another_catalogue_is_refused(sasrec, tmp_path):
     assert (folder / "training_curve.png").exists() and (folder / "training_history.json").exists()
     cat = pd.read_parquet(folder / "catalog.parquet")
     cat.iloc[:-1].to_parquet(folder / "catalog.parquet")
-    import json
     meta = json.loads((folder / "config.json").read_text())
     meta["n_items"] -= 1
     (folder / "config.json").write_text(json.dumps(meta))
@@ -78,14 +79,18 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     from llmrec import cli
     out = tmp_path / "run"
     args = ["train", "--dataset", "synthetic-120-40-2", "--model", "sasrec", "--out", str(out), "--json",
-            "--set", "embedding_size=16", "--set", "max_length=10", "--set", "epochs=2", "--set", "threads=1"]
+            "--set", "embedding_size=16", "--set", "max_length=10", "--set", "threads=1", "--set", "epochs=2"]
     assert cli.main(args) == 0
     first = capsys.readouterr().out
     assert (out / "training_curve.png").exists() and (out / "train_state.pt").exists()
     assert cli.main(args) == 0  # everything is done: resumes at epoch 2 and stops at once
     assert capsys.readouterr().out.split('"metrics"')[1] == first.split('"metrics"')[1]
-    assert cli.main(args[:-3] + ["epochs=3", "--set", "threads=1"]) == 2  # another config in the same folder
-    assert "another config" in capsys.readouterr().err
+    assert cli.main(args + ["--set", "dropout=0.3"]) == 2  # another config in the same folder
+    assert "dropout: 0.2 there, 0.3 now" in capsys.readouterr().err
+    assert cli.main(args[:-1] + ["epochs=3"]) == 0  # more epochs: resumes at 2
+    hist = json.loads((out / "training_history.json").read_text())
+    assert hist["resumed_from_epoch"] == 2 and [r["epoch"] for r in hist["history"]] == [1, 2, 3]
+    capsys.readouterr()
     assert cli.main(["evaluate", "--model-dir", str(out), "--json"]) == 0
     assert cli.main(["evaluate", "--model-dir", str(out), "--dataset", "synthetic-120-41-2"]) == 2
     assert "another catalogue" in capsys.readouterr().err

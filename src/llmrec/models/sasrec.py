@@ -139,9 +139,13 @@ class SequentialRecommender(Recommender):
     def _item_module(self, data, n_items: int) -> nn.Module:
         raise NotImplementedError
 
+    # config keys a resumed run may change: they do not change what a finished epoch computed
+    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
+
     def _fingerprint(self, data) -> dict:
-        return {"model": self.name, "config": to_dict(self.config), "dataset": data.name,
-                "n_items": data.n_items, "n_users": data.n_users}
+        cfg = {k: v for k, v in to_dict(self.config).items() if k not in self.RESUMABLE_CHANGES}
+        return {"model": self.name, **cfg, "dataset": data.name, "n_items": data.n_items,
+                "n_users": data.n_users}
 
     # -- training ---------------------------------------------------------------------------------
     def _build(self, data, n_items: int) -> None:

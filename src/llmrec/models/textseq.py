@@ -58,20 +58,23 @@ def item_texts(catalog) -> list[str]:
         return _text.item_texts(catalog)
     except (ImportError, AttributeError):
         pass
-    frame = catalog.frame
     out = []
-    for rec in frame.to_dict("records"):
-        def val(k):
-            v = rec.get(k)
-            return "" if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) in ("", "nan") else str(v)
-        s = val("title") or val("item_id")
-        if val("year"):
-            s += f" ({val('year')})"
+    for rec in catalog.frame.to_dict("records"):
+        val = {k: _clean(rec.get(k)) for k in ("item_id", "title", "year", "genres", "description", "tags")}
+        s = val["title"] or val["item_id"]
+        if val["year"]:
+            s += f" ({val['year']})"
         for k, label in (("genres", "Genres: "), ("description", ""), ("tags", "Tags: ")):
-            if val(k):
-                s += f". {label}{val(k)}"
+            if val[k]:
+                s += f". {label}{val[k]}"
         out.append(s)
     return out
+
+
+def _clean(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) in ("", "nan", "None"):
+        return ""
+    return str(v)
 
 
 def hash_embed(texts: list[str], dim: int = 256) -> np.ndarray:
