@@ -18,6 +18,7 @@ CONTRACT: dict[str, tuple[dict, float]] = {
                     dropout=0.1, threads=1), 0.45),
     "textseq": (dict(encoder="hash", embedding_size=32, max_length=20, epochs=12, batch_size=64,
                      learning_rate=5e-3, dropout=0.1, threads=1), 0.45),
+    "tuned-encoder": (dict(epochs=1, steps_per_epoch=2, batch_size=8, eval_users=50, threads=1), 0.05),
 }
 
 

@@ -14,6 +14,7 @@ REGISTRY: dict[str, str] = {
     "itemknn": "llmrec.models.itemknn:ItemKNN",
     "sasrec": "llmrec.models.sasrec:SASRec",
     "textseq": "llmrec.models.textseq:TextSeq",
+    "tuned-encoder": "llmrec.models.tuned:TunedEncoder",
 }
 
 
