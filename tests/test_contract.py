@@ -22,7 +22,12 @@ CONTRACT: dict[str, tuple[dict, float]] = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(CONTRACT))
+# models that load a real language model: their contract runs carry the `slow` marker
+SLOW = {"tuned-encoder"}
+
+
+@pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                        for n in sorted(CONTRACT)])
 def fitted(request, tiny, tiny_split):
     name = request.param
     overrides, _ = CONTRACT[name]
