@@ -63,6 +63,15 @@ def test_too_small_to_learn_from():
         models.get("sasrec", epochs=1).fit(ds, progress=False)
 
 
+def test_checkpoint_from_another_version_is_refused(sasrec, tmp_path):
+    folder = sasrec.save(tmp_path / "ck")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["llmrec_version"] = "99.0.0"
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LLMRecError, match="written by llmrec 99.0.0"):
+        models.load_model(folder)
+
+
 def test_checkpoint_from_another_catalogue_is_refused(sasrec, tmp_path):
     folder = sasrec.save(tmp_path / "ck")
     assert (folder / "training_curve.png").exists() and (folder / "training_history.json").exists()
