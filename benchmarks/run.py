@@ -28,17 +28,27 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def sample_users(sp, n: int, seed: int):
+    """A fixed random sample of ``n`` test users (internal indices, sorted), or None for all."""
+    if not n or n >= len(sp.test_users):
+        return None
+    import numpy as np
+    return np.sort(np.random.default_rng(seed).choice(sp.test_users, n, replace=False))
+
+
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
-            command: str = "", checkpoint_dir: Path | None = None) -> dict:
+            command: str = "", sample: int = 0, sample_seed: int = 0,
+            checkpoint_dir: Path | None = None) -> dict:
     model = models.get(model_name, overrides)
+    users = sample_users(sp, sample, sample_seed)
     if checkpoint_dir is not None and getattr(model, "supports_resume", False):
         model.checkpoint_dir = checkpoint_dir / f"{ds.name}__{tag or model_name}"
     t0 = time.perf_counter()
     model.fit(ds, sp)
     fit_s = time.perf_counter() - t0
-    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test")
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users)
     valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), stage="valid",
-                              progress=False)
+                              progress=False, users=users)
     out = {
         "dataset": ds.name, "model": tag or model_name, "protocol": res.protocol,
         "metrics": {k: round(v, 4) for k, v in res.metrics.items()},
@@ -50,6 +60,10 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         "command": command, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }
+    if users is not None:
+        out["users_sample"] = {"size": int(len(users)), "seed": sample_seed,
+                               "of_test_users": int(len(sp.test_users)),
+                               "how": "numpy default_rng(seed).choice(test users, size, no replacement)"}
     out.update(getattr(model, "benchmark_extra", lambda: {})())
     return out
 
@@ -63,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="trained models keep per-epoch state, history and curve here (and resume)")
+    p.add_argument("--sample-users", type=int, default=0, metavar="N",
+                   help="evaluate a fixed random sample of N test users (slow generative models)")
+    p.add_argument("--sample-seed", type=int, default=0)
     args = p.parse_args(argv)
     per_model: dict[str, dict] = {}
     for key, value in parse_overrides(args.overrides).items():
@@ -75,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         sp = split.leave_one_out(ds)
         for m in args.model:
             r = run_one(ds, sp, m, per_model.get(m, {}), tag=args.tag, command=command,
+                        sample=args.sample_users, sample_seed=args.sample_seed,
                         checkpoint_dir=args.checkpoint_dir)
             path = args.out / f"{ds.name}__{r['model']}.json"
             tmp = path.with_suffix(".tmp")

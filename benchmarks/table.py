@@ -22,6 +22,7 @@ def _fmt(v) -> str:
 
 def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
     rows = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    rows = [r for r in rows if "metrics" in r]  # e.g. encoders_throughput.json is another kind of result
     rows.sort(key=lambda r: (r["dataset"], ORDER.index(r["model"]) if r["model"] in ORDER else 99,
                              r["model"]))
     head = ("| dataset | model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users | fit s | eval s | peak MB | notes |\n"

@@ -53,7 +53,11 @@ def add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="itemknn", help="model name (see `llmrec models`)")
+    p.add_argument("--model", default=None,
+                   help="model name (see `llmrec models`; default itemknn, or zero-shot with --text)")
+    p.add_argument("--encoder", default=None, metavar="NAME",
+                   help="text encoder for models that encode (see `llmrec encoders`), a "
+                        "sentence-transformers name or a local model folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="model config override, repeatable (values parsed as JSON)")
     p.add_argument("--seed", type=int, default=None, help="random seed for models that use one")
@@ -78,10 +82,15 @@ def build_model(args: argparse.Namespace):
     from . import models
     from .config import parse_overrides
     overrides = parse_overrides(args.overrides)
+    args.model = args.model or ("zero-shot" if getattr(args, "text", None) else "itemknn")
     cls = models.get_class(args.model)
     fields = set(getattr(cls.Config, "__dataclass_fields__", {}))
     if args.seed is not None and "seed" in fields:
         overrides.setdefault("seed", args.seed)
+    if getattr(args, "encoder", None):
+        if "encoder" not in fields:
+            raise LLMRecError(f"model {args.model!r} uses no text encoder; --encoder works with zero-shot")
+        overrides["encoder"] = args.encoder
     return models.get(args.model, overrides)
 
 
@@ -140,9 +149,10 @@ def _load_checkpoint_data(args, model):
 
 
 def cmd_train(args) -> int:
+    from pathlib import Path
+
     from . import evaluate
     from .models import load_model
-    from pathlib import Path
     ds = load_data(args)
     sp = _split(args, ds)
     model = build_model(args)
@@ -201,7 +211,64 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _print_items(items: list[dict], explain: bool) -> None:
+    for rank, it in enumerate(items, 1):
+        print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+        if explain:
+            _print_because(it["explanation"])
+
+
+def _print_because(expl: dict) -> None:
+    if expl.get("because"):
+        print("      because: " + "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in expl["because"]))
+    if expl.get("profile_words"):
+        print("      closest words: " + ", ".join(f"{w['word']} ({w['similarity']:.2f})"
+                                               for w in expl["profile_words"]))
+    if expl.get("shared_tags"):
+        print("      shared tags: " + ", ".join(expl["shared_tags"]))
+    if "prompt" in expl:  # a generated item
+        print(f"      generated: {expl.get('generated')}, log-prob {expl['score']:.3f}, from the prompt:")
+        print("        " + expl["prompt"].replace("\n", "\n        "))
+
+
+def cmd_recommend_text(args) -> int:
+    """Free text (a profile), optionally mixed with a known user's history; works on a bare catalogue."""
+    from .data import load_catalog
+    from .io import parse_column_map
+    if args.model_dir:
+        from .models import load_model
+        model = load_model(args.model_dir)
+    elif args.dataset or args.interactions:
+        model = build_model(args)
+        model.fit(load_data(args), progress=not args.json)
+    elif args.items:
+        model = build_model(args)
+        if not hasattr(model, "fit_catalog"):
+            raise LLMRecError(f"model {model.name!r} needs an interaction log; with --items alone use "
+                              "--model zero-shot")
+        model.fit_catalog(load_catalog(args.items, parse_column_map(args.item_columns)),
+                          progress=not args.json)
+    else:
+        raise LLMRecError("no catalogue: pass --items FILE (or --dataset / --model-dir)")
+    if not hasattr(model, "recommend_text"):
+        raise LLMRecError(f"model {model.name!r} cannot recommend for free text; use --model zero-shot")
+    hist = [list(model.catalog.ids.ids(model.history_of(args.user)))] if args.user else None
+    recs = model.recommend_text([args.text], k=args.k, histories=hist, explain=args.explain)
+    items = recs.records(model.catalog)
+    if args.json:
+        _print_json({"text": args.text, "user_id": args.user, "model": model.name, "items": items})
+    else:
+        print(f"profile: {args.text!r}" + (f" + history of user {args.user}" if args.user else "")
+              + f"; model {model.name} ({getattr(model.config, 'encoder', '')})")
+        _print_items(items, args.explain)
+    return 0
+
+
 def cmd_recommend(args) -> int:
+    if args.text is not None:
+        return cmd_recommend_text(args)
+    if not args.user:
+        raise LLMRecError("pass --user ID (a known user) or --text \"...\" (a free-text profile)")
     if args.model_dir:
         from .models import load_model
         model = load_model(args.model_dir)
@@ -216,11 +283,35 @@ def cmd_recommend(args) -> int:
     else:
         hist = model.history_of(args.user)
         print(f"user {args.user}: {len(hist)} items in history; model {model.name}")
-        for rank, it in enumerate(items, 1):
-            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
-            if args.explain and it["explanation"].get("because"):
-                why = "; ".join(f"{b['title']} ({b['similarity']:.2f})" for b in it["explanation"]["because"])
-                print(f"      because: {why}")
+        _print_items(items, args.explain)
+    return 0
+
+
+def cmd_encoders(args) -> int:
+    from . import encoders
+    if args.json:
+        _print_json({"encoders": encoders.describe()})
+    else:
+        for name, what in encoders.describe().items():
+            print(f"{name:<18} {what}")
+    return 0
+
+
+def cmd_tags(args) -> int:
+    """Choose tags for items from a vocabulary by embedding similarity and write them to the catalogue."""
+    from . import encoders, text
+    from .data import load_catalog
+    from .io import parse_column_map
+    catalog = load_catalog(args.items, parse_column_map(args.item_columns))
+    vocab = text.load_vocabulary(args.vocab)
+    enc = encoders.cached(args.encoder or "minilm")
+    tagged, n = text.tag_catalog(catalog, vocab, enc, k=args.k, min_similarity=args.min_similarity,
+                                 only_missing=not args.all)
+    text.write_catalog(tagged, args.out)
+    if args.json:
+        _print_json({"items": len(catalog), "tagged": n, "out": str(args.out)})
+    else:
+        print(f"tagged {n:,} of {len(catalog):,} items from {len(vocab)} tags -> {args.out}")
     return 0
 
 
@@ -242,6 +333,48 @@ def cmd_demo(args) -> int:
     for rank, it in enumerate(recs, 1):
         because = ", ".join(b["title"] for b in it["explanation"]["because"][:2])
         print(f"{rank:>3}. {it['title']:<45} score {it['score']:.3f}  because: {because}")
+    return 0
+
+
+def _engine(args):
+    from . import service
+    model, source = service.load_source(dataset=args.dataset, items=args.items,
+                                        interactions=args.interactions, model_dir=args.model_dir,
+                                        model=args.model, progress=not getattr(args, "json", False))
+    data_dir = args.data_dir or service.default_data_dir(source)
+    return service.open_engine(model, data_dir, source), data_dir
+
+
+def cmd_serve(args) -> int:
+    try:
+        from .server import create_app, run
+    except ImportError as e:
+        raise LLMRecError(f"serving needs the 'serve' extra ({e}): pip install 'llmrec[serve]'") from None
+    engine, data_dir = _engine(args)
+    key = os.environ.get("LLMREC_API_KEY") or None
+    app = create_app(engine, api_key=key, insecure=args.insecure, protect_reads=args.protect_reads)
+    writes = "need LLMREC_API_KEY" if key else ("OPEN (--insecure)" if args.insecure else
+                                                 "disabled (set LLMREC_API_KEY or pass --insecure)")
+    print(f"llmrec: serving {engine.source}: {len(engine.catalog):,} items, {len(engine.user_ids(10**9)):,} "
+          f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
+          f"llmrec: writes {writes}; page http://{args.host}:{args.port}/  API docs "
+          f"http://{args.host}:{args.port}/docs", file=sys.stderr)
+    if args.insecure and not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"llmrec: WARNING: anyone who can reach {args.host} can write (--insecure)", file=sys.stderr)
+    run(app, args.host, args.port)
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    engine, data_dir = _engine(args)
+    res = engine.retrain(out=args.out, progress=not args.json)
+    res["data_dir"] = str(data_dir)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"retrained {res['model']} on {res['interactions']:,} interactions of {res['users']:,} users "
+              f"in {res['fit_seconds']}s -> {args.out}\nserve it: llmrec serve --model-dir {args.out} "
+              f"--data-dir {data_dir}")
     return 0
 
 
@@ -289,15 +422,55 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(s)
     add_model_options(s)
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
-    s.add_argument("--user", required=True, help="external user id")
+    s.add_argument("--user", help="external user id")
+    s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_recommend)
 
+    s = sub.add_parser("encoders", help="list the built-in text encoders")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_encoders)
+
+    s = sub.add_parser("tags", help="choose tags for items from a vocabulary (embedding similarity)")
+    s.add_argument("--items", required=True, metavar="FILE", help="item catalogue")
+    s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    s.add_argument("--vocab", required=True, metavar="FILE", help="tag vocabulary, one tag a line")
+    s.add_argument("--out", required=True, metavar="FILE", help="catalogue with tags (.csv/.tsv/.jsonl/.parquet)")
+    s.add_argument("--encoder", default=None, metavar="NAME", help="text encoder (default minilm)")
+    s.add_argument("-k", type=int, default=3, help="tags per item (default 3)")
+    s.add_argument("--min-similarity", type=float, default=0.0)
+    s.add_argument("--all", action="store_true", help="re-tag items that already have tags")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tags)
+
     s = sub.add_parser("demo", help="fetch ml-100k, fit itemknn, evaluate, recommend for one user")
     s.add_argument("--user", default="196")
     s.set_defaults(func=cmd_demo)
+
+    for name, help_, func in (("serve", "start the HTTP service and web page (default: ml-100k)", cmd_serve),
+                              ("retrain", "fold the service's stored events into a new checkpoint",
+                               cmd_retrain)):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--model-dir", help="serve a saved checkpoint")
+        s.add_argument("--dataset", help="a named data set (default ml-100k)")
+        s.add_argument("--items", metavar="FILE", help="your item catalogue (CSV, TSV, JSONL, Parquet)")
+        s.add_argument("--interactions", metavar="FILE", help="your interaction log")
+        s.add_argument("--model", default=None, help="model to fit (default: zero-shot if installed, else "
+                                                     "itemknn)")
+        s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
+                                          "under the user data folder)")
+        s.set_defaults(func=func)
+        if name == "serve":
+            s.add_argument("--host", default="127.0.0.1")
+            s.add_argument("--port", type=int, default=8000)
+            s.add_argument("--insecure", action="store_true",
+                           help="allow writes without an API key (LLMREC_API_KEY)")
+            s.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
+        else:
+            s.add_argument("--out", required=True, help="checkpoint folder to write")
+            s.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 

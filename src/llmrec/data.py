@@ -232,7 +232,8 @@ def _parse_numbers(series: pd.Series, path: str | None, fmt: str, fieldname: str
         dates = pd.to_datetime(s[bad], errors="coerce", utc=True, format="ISO8601")
         ok = dates.notna()
         nums = nums.astype(np.float64)
-        nums.loc[dates.index[ok]] = dates[ok].astype("int64").to_numpy() / 1e9
+        epoch = pd.Timestamp(0, tz="UTC")
+        nums.loc[dates.index[ok]] = (dates[ok] - epoch).dt.total_seconds().to_numpy()
         bad = nums.isna() & (s != "")
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])

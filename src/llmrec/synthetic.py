@@ -64,11 +64,12 @@ def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: int
         favs = rng.choice(n_topics, size=min(2, n_topics), replace=False)
         fav_items = np.flatnonzero(np.isin(topic_of, favs))
         cur = int(rng.choice(fav_items))
-        t0 = int(rng.integers(0, 10_000_000))
-        for step in range(length):
+        t = int(rng.integers(0, 30 * 86400))  # users start within a month, then ~a day between items
+        for _ in range(length):
             users.append(f"u{u}")
             item_col.append(f"i{cur}")
-            ts.append(t0 + step * 60)
+            ts.append(t)
+            t += int(rng.exponential(86400)) + 1
             r = rng.random()
             if r < p_next:
                 cur = int(successor[cur])

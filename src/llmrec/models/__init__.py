@@ -12,6 +12,9 @@ from .base import Recommendations, Recommender, load_model
 REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
     "itemknn": "llmrec.models.itemknn:ItemKNN",
+    "zero-shot": "llmrec.models.zeroshot:ZeroShot",
+    "semantic-ids": "llmrec.models.semantic_ids:SemanticIds",
+    "titlegen": "llmrec.models.titlegen:TitleGen",
     "sasrec": "llmrec.models.sasrec:SASRec",
     "textseq": "llmrec.models.textseq:TextSeq",
     "tuned-encoder": "llmrec.models.tuned:TunedEncoder",

@@ -152,23 +152,48 @@ class Recommender(ABC):
         raise LLMRecError(f"model {self.name!r} cannot be loaded")
 
     def save(self, folder: str | Path, card: dict | None = None) -> Path:
-        """Write config.json, state.safetensors, catalog.parquet, users.json and README.md (a card)."""
+        """Write config.json, state.safetensors, catalog.parquet, histories and README.md (a card).
+
+        Written into a temporary sibling folder first and moved into place, so a failure leaves
+        nothing half-written (an existing checkpoint at ``folder`` is replaced only on success).
+        """
+        import shutil
+        import tempfile
+
         from safetensors.numpy import save_file
         self._check_fitted()
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        state = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
-        save_file(state, str(folder / "state.safetensors"))
-        self.catalog.frame.astype(str).to_parquet(folder / "catalog.parquet")
-        hist_lens = np.array([len(h) for h in self._histories], dtype=np.int64)
-        save_file({"lengths": hist_lens,
-                   "items": np.concatenate(self._histories) if len(self._histories) else
-                   np.zeros(0, np.int64)}, str(folder / "histories.safetensors"))
-        meta = {"model": self.name, "llmrec_version": __version__, "config": to_dict(self.config),
-                "n_items": len(self.catalog), "users": list(self.users.ids()), "card": card or {}}
-        (folder / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-        (folder / "README.md").write_text(_card_text(self, card or {}))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            state = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
+            save_file(state, str(tmp / "state.safetensors"))
+            self._save_extra(tmp)
+            self.catalog.frame.astype(str).to_parquet(tmp / "catalog.parquet")
+            lens = np.array([len(h) for h in self._histories], dtype=np.int64)
+            flat = np.concatenate(self._histories) if len(self._histories) else np.zeros(0, np.int64)
+            save_file({"lengths": lens, "items": flat.astype(np.int64)},
+                      str(tmp / "histories.safetensors"))
+            meta = {"model": self.name, "llmrec_version": __version__, "config": to_dict(self.config),
+                    "n_items": len(self.catalog), "users": list(self.users.ids()), "card": card or {}}
+            (tmp / "config.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+            (tmp / "README.md").write_text(_card_text(self, card or {}))
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                folder.rename(old)
+                tmp.rename(folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         return folder
+
+    def _save_extra(self, folder: Path) -> None:
+        """Hook: write extra files (adapters, tokenizers) into the checkpoint folder being built."""
+        return None
 
 
 def _card_text(model: Recommender, card: dict) -> str:
@@ -183,6 +208,7 @@ def _card_text(model: Recommender, card: dict) -> str:
 def load_model(folder: str | Path) -> Recommender:
     """Load a checkpoint written by ``Recommender.save``; refuses other versions' formats clearly."""
     from safetensors.numpy import load_file
+
     from . import get
     folder = Path(folder)
     cfg_path = folder / "config.json"

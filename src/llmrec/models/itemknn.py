@@ -14,6 +14,8 @@ import scipy.sparse as sp
 
 from .base import Recommender
 
+DENSE_MAX_ITEMS = 8192  # up to here a dense copy of the similarities (<= 256 MB) serves single queries
+
 
 @dataclass(frozen=True)
 class ItemKNNConfig:
@@ -42,9 +44,18 @@ class ItemKNN(Recommender):
         if self.config.neighbors > 0:
             sim = _keep_top(sim, self.config.neighbors)
         self.sim = sim.astype(np.float32)
+        self._dense = None
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         n = self.sim.shape[0]
+        if len(histories) == 1 and n <= DENSE_MAX_ITEMS:  # one query (serving): sum dense rows
+            h = histories[0]
+            h = h[h < n]
+            if getattr(self, "_dense", None) is None or self._dense.shape[0] != n:
+                self._dense = self.sim.toarray()
+            scores = self._dense[h].sum(axis=0, dtype=np.float32)[None, :]
+            total = len(self.catalog)
+            return np.pad(scores, ((0, 0), (0, total - n))) if total > n else scores
         rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
         cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
         keep = cols < n  # items added after fitting have no co-occurrence yet
@@ -78,6 +89,7 @@ class ItemKNN(Recommender):
     def _load_state(self, state, folder: Path) -> None:
         self.sim = sp.csr_matrix((state["data"], state["indices"], state["indptr"]),
                                  shape=tuple(state["shape"]))
+        self._dense = None
 
 
 def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:

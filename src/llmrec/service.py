@@ -1,0 +1,479 @@
+"""The recommendation service as plain Python: a model, a durable store and the feedback loop.
+
+``Engine`` holds a fitted Recommender and a ``Store``. Feedback events are written to the store (committed
+to disk) and then applied to the user's in-memory history at once, so the next ``recommend`` reflects them;
+disliked items are never recommended to that user again. ``upsert_item`` adds an item by its text,
+``delete_user`` forgets a user everywhere. On start the engine replays the store on top of the model's own
+histories, so a restart loses nothing. ``retrain`` fits the same kind of model on everything known now.
+
+No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module, the CLI another.
+
+Models speak more than the base protocol when they can: a model with ``add_items(rows: DataFrame)`` embeds
+new items' text itself (and updates its ``catalog``); a model with ``recommend_text(text, k, exclude,
+candidates, explain) -> Recommendations`` or a ``recommend(texts=...)`` parameter answers free-text queries.
+Other models still get new items in their catalogue (they score them 0) and refuse text queries clearly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
+from .errors import DataError, LLMRecError, UnknownNameError
+from .models import Recommender
+from .store import Event, Store, user_hash
+
+EVENT_TYPES = ("view", "click", "like", "purchase", "dislike", "rating")
+MAX_K = 100
+MAX_HISTORY = 5000
+MAX_TEXT = 2000
+MAX_BATCH = 1000
+MAX_ID = 256
+MAX_FIELD = 10_000
+MAX_FILTER_VALUES = 50
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class Unsupported(LLMRecError):
+    """The served model cannot do what was asked (e.g. a free-text query to itemknn)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def field_error(field: str, message: str) -> DataError:
+    return DataError(message, field=field)
+
+
+def not_found(kind: str, name: object, field: str) -> UnknownNameError:
+    e = UnknownNameError(kind, name)
+    e.field = field
+    return e
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """How feedback counts. A rating at or above ``like_rating`` is positive, below it a dislike."""
+
+    like_rating: float = 3.0
+
+
+def default_model_name() -> str:
+    """The zero-shot text model when it is registered, else itemknn."""
+    from . import models
+    for name in ("zero-shot", "llm-zero-shot"):
+        if name in models.names():
+            return name
+    return "itemknn"
+
+
+class Engine:
+    """A fitted model + a store + each user's current history. Thread-safe."""
+
+    def __init__(self, model: Recommender, store: Store, config: ServiceConfig | None = None,
+                 source: str = ""):
+        model._check_fitted()
+        self.model, self.store = model, store
+        self.config = config or ServiceConfig()
+        self.source = source
+        self._write_lock = threading.Lock()   # store writes + applying them, in one order
+        self._model_lock = threading.RLock()  # the model and its catalogue, swapped on upsert/retrain
+        self._hist: dict[str, np.ndarray] = {}
+        self._disliked: dict[str, frozenset[int]] = {}
+        self._masks: dict[tuple, np.ndarray] = {}
+        self._catalog_version = 0
+        self._titles, self._titles_of = None, None
+        self.skipped_on_load = 0
+        self._load()
+
+    # -- start-up ------------------------------------------------------------------------------------
+    def _load(self) -> None:
+        known = self.store.get_meta("source")
+        if known is None and self.source:
+            self.store.set_meta("source", self.source)
+        forgotten = self.store.forgotten()
+        m = self.model
+        for i, uid in enumerate(m.users.ids()):
+            if user_hash(uid) in forgotten:
+                m._histories[i] = EMPTY
+            else:
+                self._hist[uid] = np.asarray(m._histories[i], dtype=np.int64)
+        items = self.store.items()
+        if items:
+            self._upsert_catalog(items)
+        for ev in self.store.events():
+            if ev.item_id not in self.model.catalog.ids:
+                self.skipped_on_load += 1
+                continue
+            self._apply(ev)
+
+    # -- reads ---------------------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        return self.model.catalog
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.model.name, "source": self.source,
+                "items": len(self.catalog), "users": len(self._hist),
+                "events": self.store.count_events(), "skipped_on_load": self.skipped_on_load,
+                "text_queries": self.supports_text()}
+
+    def user_ids(self, limit: int = 50, offset: int = 0) -> list[str]:
+        ids = list(self._hist)
+        return ids[offset:offset + limit]
+
+    def _user_history(self, user_id: str, field: str = "user_id") -> np.ndarray:
+        h = self._hist.get(user_id)
+        if h is None:
+            raise not_found("user", user_id, field)
+        return h
+
+    def history(self, user_id: str) -> dict:
+        h = self._user_history(user_id)
+        cat = self.catalog
+        titles = cat.titles(h) if len(h) else []
+        dis = sorted(self._disliked.get(user_id, ()))
+        return {"user_id": user_id,
+                "items": [{"item_id": cat.ids.id(i), "title": t} for i, t in zip(h, titles, strict=True)],
+                "disliked": [{"item_id": cat.ids.id(i), "title": cat.titles([i])[0]} for i in dis]}
+
+    def events(self, user_id: str) -> dict:
+        self._user_history(user_id)
+        return {"user_id": user_id,
+                "events": [{"event_id": e.event_id, "item_id": e.item_id, "type": e.type,
+                            "value": e.value, "timestamp": e.ts} for e in self.store.events(user_id)]}
+
+    def item(self, item_id: str) -> dict:
+        cat = self.catalog
+        if item_id not in cat.ids:
+            raise not_found("item", item_id, "item_id")
+        row = cat.row(cat.ids.index(item_id))
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()
+                if not (v is None or (isinstance(v, float) and math.isnan(v)))}
+
+    def supports_text(self) -> bool:
+        m = self.model
+        return hasattr(m, "recommend_text") or "texts" in inspect.signature(m.recommend).parameters
+
+    def recommend(self, *, user_id: str | None = None, history: list | None = None,
+                  text: str | None = None, k: int = 10, filters: dict | None = None,
+                  exclude: list | None = None, exclude_seen: bool = True, explain: bool = False) -> dict:
+        """Top-k for a known user, a raw history (item ids) or a free text, as ``{"items": [...]}``
+        records (item_id, score, title, explanation) like ``llmrec recommend --json``."""
+        given = [n for n, v in (("user_id", user_id), ("history", history), ("text", text)) if v is not None]
+        if len(given) != 1:
+            raise field_error("user_id", "give exactly one of user_id, history or text"
+                              + (f" (got {', '.join(given)})" if given else ""))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise field_error("k", f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        with self._model_lock:
+            model, cat = self.model, self.model.catalog
+            mask = self._filter_mask(filters) if filters else None
+            excl = self._indices(exclude, "exclude") if exclude else EMPTY
+            out: dict = {}
+            if text is not None:
+                if not isinstance(text, str) or not text.strip():
+                    raise field_error("text", "text must be a non-empty string")
+                if len(text) > MAX_TEXT:
+                    raise field_error("text", f"text is longer than {MAX_TEXT} characters")
+                recs = self._recommend_text(text, k, excl, mask, explain)
+            else:
+                if user_id is not None:
+                    hist = self._user_history(str(user_id))
+                    dis = self._disliked.get(str(user_id))
+                    if dis:
+                        excl = np.union1d(excl, np.fromiter(dis, dtype=np.int64))
+                    out["user_id"] = str(user_id)
+                else:
+                    if len(history) > MAX_HISTORY:
+                        raise field_error("history", f"history holds more than {MAX_HISTORY} items")
+                    hist = self._indices(history, "history")
+                exclude_ids = list(cat.ids.ids(excl)) if len(excl) else None
+                recs = model.recommend_indices([hist], k, exclude_seen=bool(exclude_seen),
+                                               exclude=exclude_ids, candidates=mask, explain=explain)
+            out["model"] = model.name
+            out["items"] = self._records(recs, cat)
+            return out
+
+    def _records(self, recs, cat: Catalog) -> list[dict]:
+        """``Recommendations.records`` for one query, with the titles looked up once per catalogue."""
+        if self._titles_of is not cat:
+            self._titles, self._titles_of = np.asarray(cat.titles(), dtype=object), cat
+        titles, index = self._titles, cat.ids.index
+        out = []
+        for j, (iid, s) in enumerate(zip(recs.item_ids[0], recs.scores[0], strict=True)):
+            if iid is None:
+                continue
+            rec = {"item_id": iid, "score": float(s), "title": titles[index(iid)]}
+            if recs.explanations is not None:
+                rec["explanation"] = recs.explanations[0][j]
+            out.append(rec)
+        return out
+
+    def _recommend_text(self, text, k, excl, mask, explain):
+        m, cat = self.model, self.model.catalog
+        exclude_ids = list(cat.ids.ids(excl)) if len(excl) else None
+        if hasattr(m, "recommend_text"):
+            return m.recommend_text(text, k=k, exclude=exclude_ids, candidates=mask, explain=explain)
+        if "texts" in inspect.signature(m.recommend).parameters:
+            return m.recommend(texts=[text], k=k, exclude=exclude_ids, candidates=mask, explain=explain)
+        raise Unsupported(f"field 'text': model {m.name!r} cannot recommend for free text; serve a "
+                          "text model (e.g. the zero-shot model) or send user_id or history", "text")
+
+    def _indices(self, ids, field: str) -> np.ndarray:
+        ids_map = self.catalog.ids
+        out = np.empty(len(ids), dtype=np.int64)
+        for j, x in enumerate(ids):
+            if str(x) not in ids_map:
+                raise not_found("item", str(x), f"{field}[{j}]")
+            out[j] = ids_map.index(x)
+        return out
+
+    def _filter_mask(self, filters: dict) -> np.ndarray:
+        """Items whose field holds one of the wanted values (comma-separated tokens, case-insensitive);
+        several fields must all match."""
+        cat = self.catalog
+        mask = np.ones(len(cat), dtype=bool)
+        for name, want in filters.items():
+            if name not in cat.frame.columns or name == "item_id":
+                cols = [c for c in cat.frame.columns if c != "item_id"]
+                raise field_error(f"filters.{name}", f"no such item field; fields are {', '.join(cols)}")
+            values = [want] if isinstance(want, (str, int, float)) else want
+            if not isinstance(values, list) or not values or len(values) > MAX_FILTER_VALUES:
+                raise field_error(f"filters.{name}", f"expected a value or a list of 1 to "
+                                  f"{MAX_FILTER_VALUES} values")
+            key = (self._catalog_version, name, tuple(sorted(str(v).strip().casefold() for v in values)))
+            m = self._masks.get(key)
+            if m is None:
+                wanted = set(key[2])
+                col = cat.frame[name].fillna("").astype(str).str.casefold()
+                m = np.fromiter((bool(wanted & {t.strip() for t in s.split(",")}) for s in col),
+                                dtype=bool, count=len(col))
+                if len(self._masks) > 256:
+                    self._masks.clear()
+                self._masks[key] = m
+            mask &= m
+        return mask
+
+    # -- writes --------------------------------------------------------------------------------------
+    def add_events(self, events: list[dict]) -> dict:
+        """Validate all, store all (durably, one transaction), then apply the new ones in memory.
+        Each event: user_id, item_id, type, optional value (ratings), event_id (for safe retries),
+        timestamp. Returns counts and the event ids."""
+        if not isinstance(events, list) or not events:
+            raise field_error("events", "expected one event or a non-empty list of events")
+        if len(events) > MAX_BATCH:
+            raise field_error("events", f"at most {MAX_BATCH} events per request, got {len(events)}")
+        parsed = [self._parse_event(e, f"events[{j}]" if len(events) > 1 else "event")
+                  for j, e in enumerate(events)]
+        with self._write_lock:
+            new = self.store.add_events(parsed)
+            for ev, is_new in zip(parsed, new, strict=True):
+                if is_new:
+                    self._apply(ev)
+        return {"stored": int(sum(new)), "duplicates": int(len(new) - sum(new)),
+                "event_ids": [e.event_id for e in parsed]}
+
+    def _parse_event(self, e: dict, where: str) -> Event:
+        if not isinstance(e, dict):
+            raise field_error(where, "an event is an object with user_id, item_id and type")
+        unknown = set(e) - {"user_id", "item_id", "type", "value", "event_id", "timestamp"}
+        if unknown:
+            raise field_error(f"{where}.{sorted(unknown)[0]}", "unknown field")
+        user, item = _id(e.get("user_id"), f"{where}.user_id"), _id(e.get("item_id"), f"{where}.item_id")
+        if item not in self.catalog.ids:
+            raise not_found("item", item, f"{where}.item_id")
+        kind = e.get("type")
+        if kind not in EVENT_TYPES:
+            raise field_error(f"{where}.type", f"expected one of {', '.join(EVENT_TYPES)}, got {kind!r}")
+        value = e.get("value")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise field_error(f"{where}.value", f"expected a finite number, got {value!r}")
+        if kind == "rating" and value is None:
+            raise field_error(f"{where}.value", "a rating needs a value")
+        eid = e.get("event_id")
+        eid = uuid.uuid4().hex if eid is None else _id(eid, f"{where}.event_id")
+        ts = e.get("timestamp")
+        if ts is None:
+            ts = time.time()
+        elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+            raise field_error(f"{where}.timestamp", f"expected seconds since 1970, got {ts!r}")
+        return Event(eid, user, item, kind, None if value is None else float(value), float(ts))
+
+    def _apply(self, ev: Event) -> None:
+        """Fold one event into the user's history: positives move the item to the end of the history,
+        negatives remove it and exclude it from now on. Arrays are replaced, never mutated, so readers
+        need no lock."""
+        idx = self.catalog.ids.index(ev.item_id)
+        h = self._hist.get(ev.user_id, EMPTY)
+        dis = self._disliked.get(ev.user_id, frozenset())
+        negative = ev.type == "dislike" or (ev.type == "rating" and ev.value < self.config.like_rating)
+        if negative:
+            self._hist[ev.user_id] = h[h != idx]
+            self._disliked[ev.user_id] = dis | {idx}
+        else:
+            self._hist[ev.user_id] = np.append(h[h != idx], np.int64(idx))
+            if idx in dis:
+                self._disliked[ev.user_id] = dis - {idx}
+
+    def delete_user(self, user_id: str) -> dict:
+        """Forget a user: their events, profile and history, in the store and in memory."""
+        user_id = _id(user_id, "user_id")
+        with self._write_lock:
+            if user_id not in self._hist:
+                raise not_found("user", user_id, "user_id")
+            n = self.store.forget_user(user_id)
+            self._hist.pop(user_id, None)
+            self._disliked.pop(user_id, None)
+            m = self.model
+            if user_id in m.users:  # the model's copy of the base history goes too
+                m._histories[m.users.index(user_id)] = EMPTY
+        return {"user_id": user_id, "deleted": True, "events_deleted": n}
+
+    def upsert_item(self, item_id: str, fields: dict) -> dict:
+        """Add or update an item by its text fields (title, description, tags, genres, year)."""
+        item_id = _id(item_id, "item_id")
+        if not isinstance(fields, dict):
+            raise field_error("item", "expected an object of text fields")
+        row = {"item_id": item_id}
+        for k, v in fields.items():
+            if k not in TEXT_FIELDS:
+                raise field_error(k, f"unknown item field; fields are {', '.join(TEXT_FIELDS)}")
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (str, int)):
+                raise field_error(k, f"expected text, got {type(v).__name__}")
+            v = str(v)
+            if len(v) > MAX_FIELD:
+                raise field_error(k, f"longer than {MAX_FIELD} characters")
+            row[k] = v
+        if not any(str(v).strip() for k, v in row.items() if k != "item_id"):
+            raise field_error("title", "an item needs some text: at least one of "
+                              + ", ".join(TEXT_FIELDS))
+        with self._write_lock:  # the model lock only around the catalogue swap, not the disk write
+            created = item_id not in self.catalog.ids
+            self.store.upsert_items([row])
+            self._upsert_catalog([row])
+        return {"item_id": item_id, "created": created,
+                "scored_by_text": hasattr(self.model, "add_items")}
+
+    def _upsert_catalog(self, rows: list[dict]) -> None:
+        frame = pd.DataFrame(rows)
+        with self._model_lock:
+            if hasattr(self.model, "add_items"):
+                self.model.add_items(frame)
+            else:
+                self.model.catalog, _ = self.model.catalog.upsert(frame)
+            self._catalog_version += 1
+            self._masks.clear()
+
+    # -- retraining ----------------------------------------------------------------------------------
+    def snapshot(self) -> Dataset:
+        """Everything known now as a Dataset: the catalogue (with added items) and each user's current
+        history in order (timestamps are positions; dislikes are left out)."""
+        with self._write_lock:
+            hist = dict(self._hist)
+        users = IdMap(hist, kind="user")
+        lens = np.fromiter((len(h) for h in hist.values()), dtype=np.int64, count=len(hist))
+        items = np.concatenate(list(hist.values())) if hist else EMPTY
+        n = len(items)
+        pos = np.concatenate([np.arange(x) for x in lens]).astype(np.float64) if n else np.zeros(0)
+        inter = Interactions(np.repeat(np.arange(len(hist), dtype=np.int64), lens), items, pos,
+                             np.full(n, np.nan, dtype=np.float32))
+        return Dataset(name=f"{self.source or 'service'}+events", catalog=self.catalog,
+                       interactions=inter, users=users)
+
+    def retrain(self, out: str | Path | None = None, progress: bool = False) -> dict:
+        """Fit a fresh model of the same kind and config on ``snapshot()``, swap it in, and save it to
+        ``out`` when given (a checkpoint ``llmrec serve --model-dir`` serves)."""
+        from . import models
+        ds = self.snapshot()
+        t0 = time.perf_counter()
+        fresh = models.get(self.model.name, self.model.config).fit(ds, progress=progress)
+        fit_s = time.perf_counter() - t0
+        with self._write_lock, self._model_lock:
+            # items added while fitting are not in ``fresh``: keep serving the old model then
+            if len(self.model.catalog) == len(fresh.catalog):
+                self.model = fresh
+                self._catalog_version += 1
+                self._masks.clear()
+        if out is not None:
+            fresh.save(out, card={"dataset": ds.name, "trained_on": "service snapshot",
+                                  "interactions": int(len(ds.interactions))})
+        return {"model": fresh.name, "users": ds.n_users, "items": ds.n_items,
+                "interactions": int(len(ds.interactions)), "fit_seconds": round(fit_s, 3),
+                "out": None if out is None else str(out)}
+
+
+def _id(x, field: str) -> str:
+    if isinstance(x, bool) or not isinstance(x, (str, int)):
+        raise field_error(field, f"expected an id (a string), got {x!r}")
+    s = str(x)
+    if not s.strip():
+        raise field_error(field, "empty id")
+    if len(s) > MAX_ID:
+        raise field_error(field, f"id longer than {MAX_ID} characters")
+    return s
+
+
+# -- what to serve ------------------------------------------------------------------------------------
+def load_source(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
+                model_dir: str | None = None, model: str | None = None,
+                progress: bool = False) -> tuple[Recommender, str]:
+    """The model to serve and a name for where it came from: a checkpoint (``model_dir``), your own files
+    (``items`` and/or ``interactions``), a named data set, or by default ml-100k with the default model."""
+    from . import data, datasets, models
+    if model_dir and (dataset or items or interactions):
+        raise LLMRecError("pass either --model-dir or data (--dataset / --items / --interactions), not both")
+    if dataset and (items or interactions):
+        raise LLMRecError("pass either --dataset or --items/--interactions, not both")
+    if model_dir:
+        return models.load_model(model_dir), f"model:{Path(model_dir).resolve()}"
+    name = model or default_model_name()
+    if interactions:
+        ds = data.load_files(interactions, items, unknown_items="add")
+        source = f"files:{Path(interactions).resolve()}"
+    elif items:
+        cat = data.load_catalog(items)
+        ds = Dataset(Path(items).stem, cat, Interactions(EMPTY, EMPTY, np.zeros(0), np.zeros(0, np.float32)),
+                     IdMap(kind="user"))
+        source = f"items:{Path(items).resolve()}"
+    else:
+        ds = datasets.load(dataset or "ml-100k", quiet=not progress)
+        source = ds.name
+    m = models.get(name)
+    try:
+        m.fit(ds, progress=progress)
+    except DataError as e:
+        if not len(ds.interactions):
+            raise LLMRecError(f"model {name!r} needs an interaction log ({e}); pass --interactions or "
+                              "serve a zero-shot text model") from None
+        raise
+    return m, f"{source} [{name}]"
+
+
+def default_data_dir(source: str) -> Path:
+    """``<user data dir>/llmrec/serve/<source slug>``: one store per thing served."""
+    import hashlib
+    import re
+
+    from platformdirs import user_data_dir
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.split(":")[-1].split("/")[-1])[:60].strip("_")
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    return Path(user_data_dir("llmrec")) / "serve" / f"{slug}-{digest}"
+
+
+def open_engine(model: Recommender, data_dir: str | Path, source: str = "",
+                config: ServiceConfig | None = None) -> Engine:
+    return Engine(model, Store(data_dir), config, source)

@@ -1,0 +1,1 @@
+"""The service's web page (index.html), served at / by llmrec.server."""

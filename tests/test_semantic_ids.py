@@ -1,0 +1,57 @@
+"""Semantic ids: residual k-means codes are distinct and fixed-length (collisions get an extra level),
+history windows keep the most recent items, decoding stays in the catalogue, bad input is named."""
+
+import numpy as np
+import pytest
+
+from llmrec import models
+from llmrec.data import Catalog
+from llmrec.errors import DataError
+from llmrec.models.semantic_ids import OUTSIDE, residual_codes
+
+pytest.importorskip("torch")
+
+
+def test_codes_are_distinct_and_collisions_are_numbered():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    x[10] = x[11] = x[12] = x[3]  # identical embeddings must still get distinct codes
+    codes = residual_codes(x, levels=2, k=4, iters=10, seed=0)
+    assert codes.shape == (50, 3)
+    assert len({tuple(c) for c in codes}) == 50
+    same = codes[[3, 10, 11, 12]]
+    assert (same[:, :2] == same[0, :2]).all() and sorted(same[:, 2]) == sorted(set(same[:, 2]))
+    np.testing.assert_array_equal(codes, residual_codes(x, levels=2, k=4, iters=10, seed=0))
+
+
+@pytest.fixture(scope="module")
+def quick(tiny, tiny_split):
+    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "valid_users": 0,
+           "max_history": 5, "threads": 1, "top_k": 10, "beam_size": 10, "invalid_sample": 20}
+    return models.get("semantic-ids", cfg).fit(tiny, tiny_split, progress=False)
+
+
+def test_decoding_stays_in_the_catalogue_and_skips_the_history(quick, tiny):
+    hist = [np.array([0, 1, 2]), np.array([], dtype=np.int64), np.arange(40)]
+    s = quick.score_histories(hist)
+    for row, h in zip(s, hist, strict=True):
+        got = np.flatnonzero(row > OUTSIDE)
+        assert len(got) == 10 and not set(h.tolist()) & set(got.tolist())
+        assert row[got].min() > OUTSIDE  # beam items strictly above everything else
+    extra = quick.benchmark_extra()
+    assert extra["invalid_rate"] == 0.0 and 0 <= extra["invalid_rate_unconstrained"] <= 1
+
+
+def test_long_history_keeps_the_most_recent_items(quick):
+    toks = quick._history_tokens(np.arange(30))
+    assert len(toks) == 1 + 5 * quick.width
+    np.testing.assert_array_equal(toks[1:], quick.tokens[np.arange(25, 30)].ravel())
+    e = quick.explain_items(np.arange(30), np.array([40]))[0]
+    assert e["history_items_in_prompt"] == 5 and "score" in e and e["prompt"].startswith("[BOS]")
+
+
+def test_empty_catalogue_is_a_clear_error(tiny, tiny_split):
+    from dataclasses import replace
+    empty = replace(tiny, catalog=Catalog.from_ids([]))
+    with pytest.raises(DataError, match="empty"):
+        models.get("semantic-ids", {"encoder": "random"})._fit(empty, None, tiny_split, False)
