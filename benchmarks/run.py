@@ -37,9 +37,12 @@ def sample_users(sp, n: int, seed: int):
 
 
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
-            command: str = "", sample: int = 0, sample_seed: int = 0) -> dict:
+            command: str = "", sample: int = 0, sample_seed: int = 0,
+            checkpoint_dir: Path | None = None) -> dict:
     model = models.get(model_name, overrides)
     users = sample_users(sp, sample, sample_seed)
+    if checkpoint_dir is not None and getattr(model, "supports_resume", False):
+        model.checkpoint_dir = checkpoint_dir / f"{ds.name}__{tag or model_name}"
     t0 = time.perf_counter()
     model.fit(ds, sp)
     fit_s = time.perf_counter() - t0
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="MODEL.KEY=VALUE")
     p.add_argument("--tag", default=None, help="result name instead of the model name (one model)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="trained models keep per-epoch state, history and curve here (and resume)")
     p.add_argument("--sample-users", type=int, default=0, metavar="N",
                    help="evaluate a fixed random sample of N test users (slow generative models)")
     p.add_argument("--sample-seed", type=int, default=0)
@@ -87,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         sp = split.leave_one_out(ds)
         for m in args.model:
             r = run_one(ds, sp, m, per_model.get(m, {}), tag=args.tag, command=command,
-                        sample=args.sample_users, sample_seed=args.sample_seed)
+                        sample=args.sample_users, sample_seed=args.sample_seed,
+                        checkpoint_dir=args.checkpoint_dir)
             path = args.out / f"{ds.name}__{r['model']}.json"
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n")

@@ -22,8 +22,13 @@ CONTRACT: dict[str, tuple[dict, float]] = {
     # by tests/test_titlegen.py's slow real-model test, so the floor here is 0
     "titlegen": ({"model_name": "tiny-random", "finetune": "full", "steps": 20, "max_history": 3,
                   "invalid_sample": 5, "threads": 1}, 0.0),
+    "sasrec": (dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3,
+                    dropout=0.1, threads=1), 0.45),
+    "textseq": (dict(encoder="hash", embedding_size=32, max_length=20, epochs=12, batch_size=64,
+                     learning_rate=5e-3, dropout=0.1, threads=1), 0.45),
+    "tuned-encoder": (dict(epochs=1, steps_per_epoch=2, batch_size=8, eval_users=50, threads=1), 0.05),
 }
-SLOW = {"titlegen"}  # contract runs that take minutes on a CPU: marked slow, still run in CI
+SLOW = {"titlegen", "tuned-encoder"}  # contract runs that take minutes on a CPU: marked slow, still run in CI
 
 
 @pytest.fixture(scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -1,0 +1,209 @@
+"""Shared torch training utilities: device, seeds, the epoch loop with validation-driven early stopping,
+resume from a checkpoint folder, the per-epoch history and its PNG curve.
+
+One loop for every trained model: a model supplies ``batches(epoch)`` (an iterable of batches),
+``step(batch) -> loss`` (a scalar tensor) and ``validate() -> float`` (validation NDCG@10); the loop does
+the optimiser steps, the progress bar, early stopping, keeping the best weights and resuming.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import LLMRecError
+
+RESUME_FILE = "train_state.pt"
+HISTORY_FILE = "training_history.json"
+CURVE_FILE = "training_curve.png"
+
+
+def device(name: str = "auto") -> torch.device:
+    """``auto``: cuda when present, else cpu; or an explicit torch device name."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise LLMRecError(f"unknown device {name!r}: {e}") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int) -> None:
+    """Torch intra-op threads; 0 keeps torch's default."""
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+@dataclass
+class LoopResult:
+    """What the loop did: per-epoch rows ({epoch, loss, valid_ndcg10, seconds}), the best epoch and score,
+    whether it stopped early, and the mean seconds per training epoch (validation excluded)."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    stopped_early: bool = False
+    out_of_time: bool = False
+    resumed_from: int = 0
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        secs = [r["train_seconds"] for r in self.history]
+        return float(np.mean(secs)) if secs else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {"epochs_run": len(self.history), "best_epoch": self.best_epoch,
+                "best_valid_ndcg10": round(self.best_score, 4) if math.isfinite(self.best_score) else None,
+                "stopped_early": self.stopped_early, "out_of_time": self.out_of_time,
+                "seconds_per_epoch": round(self.seconds_per_epoch, 2),
+                "resumed_from_epoch": self.resumed_from}
+
+
+def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             batches: Callable[[int], Iterable], step: Callable[[Any], torch.Tensor],
+             validate: Callable[[], float] | None, *, epochs: int, patience: int = 10,
+             eval_every: int = 1, checkpoint_dir: str | Path | None = None,
+             fingerprint: dict | None = None, progress: bool = True, desc: str = "train",
+             grad_clip: float = 0.0, max_seconds: float = 0.0) -> LoopResult:
+    """Train ``module`` for up to ``epochs`` epochs and leave it holding its best weights.
+
+    batches(epoch): the epoch's batches (shuffle with a seed derived from the epoch, so a resumed run sees
+    the same batches). step(batch): the mean loss of one batch. validate(): validation NDCG@10 (higher is
+    better), called every ``eval_every`` epochs and after the last one; ``None`` trains all epochs and keeps
+    the last weights. Early stopping: stop after ``patience`` validations without improvement.
+    checkpoint_dir: when set, the full training state is saved there after each epoch and a run started
+    with the same ``fingerprint`` (config + data identity) resumes from it.
+    max_seconds: a wall-clock budget for this call (0 = none); the loop stops after the epoch that
+    exceeds it and keeps the best weights so far.
+    """
+    t_start = time.perf_counter()
+    res = LoopResult()
+    best_state = None
+    bad = 0
+    start = 0
+    ck = Path(checkpoint_dir) / RESUME_FILE if checkpoint_dir is not None else None
+    fingerprint = json.loads(json.dumps(fingerprint or {}))
+    if ck is not None and ck.exists():
+        saved = torch.load(ck, map_location="cpu", weights_only=False)
+        if saved.get("fingerprint") != fingerprint:
+            raise LLMRecError(f"{ck}: training state from another config or data set "
+                              f"({_diff(saved.get('fingerprint') or {}, fingerprint)}); "
+                              "delete it or train into another folder")
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        res = LoopResult(**saved["result"])
+        best_state, bad, start = saved["best_state"], saved["bad"], saved["epoch"]
+        res.resumed_from, res.out_of_time = start, False
+        torch.set_rng_state(saved["torch_rng"])
+    if start >= epochs or res.stopped_early:
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        return res
+    bar = tqdm(range(start, epochs), desc=desc, unit="epoch", disable=not progress, initial=start,
+               total=epochs)
+    for epoch in bar:
+        module.train()
+        t0 = time.perf_counter()
+        total, n = 0.0, 0
+        for batch in batches(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = step(batch)
+            if not torch.isfinite(loss):
+                raise LLMRecError(f"training diverged at epoch {epoch + 1}: loss is {loss.item()}; "
+                                  "lower learning_rate")
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+            optimizer.step()
+            total += float(loss.detach())
+            n += 1
+        train_s = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 5), "train_seconds": round(train_s, 2)}
+        last = epoch + 1 == epochs
+        if validate is not None and ((epoch + 1) % eval_every == 0 or last):
+            module.eval()
+            with torch.no_grad():
+                score = float(validate())
+            row["valid_ndcg10"] = round(score, 5)
+            if score > res.best_score:
+                res.best_score, res.best_epoch, bad = score, epoch + 1, 0
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                bad += 1
+        res.history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{row.get('valid_ndcg10', float('nan')):.4f}",
+                        best=f"{res.best_score:.4f}@{res.best_epoch}")
+        stop = validate is not None and bad >= patience
+        res.stopped_early = stop and not last
+        if max_seconds > 0 and time.perf_counter() - t_start > max_seconds and not last and not stop:
+            res.out_of_time = stop = True
+        if ck is not None:
+            ck.parent.mkdir(parents=True, exist_ok=True)
+            tmp = ck.with_suffix(".tmp")
+            torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
+                        "optimizer": optimizer.state_dict(), "best_state": best_state, "bad": bad,
+                        "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
+                        "result": {k: v for k, v in res.__dict__.items() if k != "resumed_from"}}, tmp)
+            tmp.replace(ck)
+            write_history(res, ck.parent)
+        if stop:
+            break
+    bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return res
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in keys[:4]) or "unknown difference"
+
+
+def write_history(res: LoopResult | list[dict], folder: str | Path, title: str = "") -> None:
+    """``training_history.json`` and ``training_curve.png`` (loss and validation NDCG@10 per epoch)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = res.history if isinstance(res, LoopResult) else res
+    payload = {"history": rows, **(res.summary() if isinstance(res, LoopResult) else {})}
+    (folder / HISTORY_FILE).write_text(json.dumps(payload, indent=1) + "\n")
+    if rows:
+        plot_curve(rows, folder / CURVE_FILE, title)
+
+
+def plot_curve(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(ep, [r["loss"] for r in rows], color="tab:blue", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    val = [(r["epoch"], r["valid_ndcg10"]) for r in rows if "valid_ndcg10" in r]
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([e for e, _ in val], [v for _, v in val], color="tab:orange", marker=".")
+        ax2.set_ylabel("validation NDCG@10", color="tab:orange")
+    ax.set_title(title or "training curve")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

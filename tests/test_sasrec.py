@@ -1,0 +1,105 @@
+"""SASRec: it learns the synthetic Markov structure (beats popularity by a clear margin), and bad input
+(too little data, empty histories, another catalogue, unknown config keys) gets a clear error."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from llmrec import evaluate, models, split, synthetic
+from llmrec.data import build_dataset
+from llmrec.errors import ConfigError, DataError, LLMRecError
+
+FAST = dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3, dropout=0.1,
+            patience=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def sasrec(tiny, tiny_split):
+    return models.get("sasrec", FAST).fit(tiny, tiny_split, progress=False)
+
+
+def test_learns_sequences_beyond_popularity(sasrec, tiny, tiny_split):
+    pop = models.get("popular").fit(tiny, tiny_split, progress=False)
+    ours = evaluate.evaluate(sasrec, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False)
+    base = evaluate.evaluate(pop, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False)
+    assert ours.metrics["NDCG@10"] > 2 * base.metrics["NDCG@10"] + 0.05, (ours.metrics, base.metrics)
+    assert ours.metrics["HR@10"] > 0.45, ours.metrics
+    hist = sasrec.result.history
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    assert sasrec.result.best_epoch >= 2
+
+
+def test_empty_history_scores_popular_items(sasrec, tiny):
+    s = sasrec.score_histories([np.array([], dtype=np.int64)])
+    assert np.isfinite(s).all()
+    assert int(np.argmax(s[0])) == int(np.argmax(sasrec.popularity))
+
+
+def test_long_history_is_cut_to_max_length(sasrec):
+    long = np.arange(50) % 60
+    a = sasrec.score_histories([long])
+    b = sasrec.score_histories([long[-FAST["max_length"]:]])
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ConfigError, match="unknown key.*'hidden'"):
+        models.get("sasrec", {"hidden": 64})
+    with pytest.raises(ConfigError, match="embedding_size"):
+        models.get("sasrec", {"embedding_size": "big"})
+    with pytest.raises(LLMRecError, match="divisible by num_heads"):
+        ds = synthetic.make(30, 10, seed=1)
+        models.get("sasrec", embedding_size=10, num_heads=3, epochs=1).fit(ds, progress=False)
+
+
+def test_too_small_to_learn_from():
+    df = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["x", "y"], "timestamp": [1, 2]})
+    ds = build_dataset("two-rows", df, pd.DataFrame({"item_id": ["x", "y"], "title": ["X", "Y"]}))
+    with pytest.raises(DataError, match="too small to split"):
+        split.leave_one_out(ds)
+    with pytest.raises(DataError, match="2 or more items"):
+        models.get("sasrec", epochs=1).fit(ds, progress=False)
+
+
+def test_checkpoint_from_another_version_is_refused(sasrec, tmp_path):
+    folder = sasrec.save(tmp_path / "ck")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["llmrec_version"] = "99.0.0"
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LLMRecError, match="written by llmrec 99.0.0"):
+        models.load_model(folder)
+
+
+def test_checkpoint_from_another_catalogue_is_refused(sasrec, tmp_path):
+    folder = sasrec.save(tmp_path / "ck")
+    assert (folder / "training_curve.png").exists() and (folder / "training_history.json").exists()
+    cat = pd.read_parquet(folder / "catalog.parquet")
+    cat.iloc[:-1].to_parquet(folder / "catalog.parquet")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["n_items"] -= 1
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(LLMRecError, match="another catalogue"):
+        models.load_model(folder)
+
+
+def test_cli_train_resume_and_evaluate(tmp_path, capsys):
+    from llmrec import cli
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "synthetic-120-40-2", "--model", "sasrec", "--out", str(out), "--json",
+            "--set", "embedding_size=16", "--set", "max_length=10", "--set", "threads=1", "--set", "epochs=2"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    assert (out / "training_curve.png").exists() and (out / "train_state.pt").exists()
+    assert cli.main(args) == 0  # everything is done: resumes at epoch 2 and stops at once
+    assert capsys.readouterr().out.split('"metrics"')[1] == first.split('"metrics"')[1]
+    assert cli.main(args + ["--set", "dropout=0.3"]) == 2  # another config in the same folder
+    assert "dropout: 0.2 there, 0.3 now" in capsys.readouterr().err
+    assert cli.main(args[:-1] + ["epochs=3"]) == 0  # more epochs: resumes at 2
+    hist = json.loads((out / "training_history.json").read_text())
+    assert hist["resumed_from_epoch"] == 2 and [r["epoch"] for r in hist["history"]] == [1, 2, 3]
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model-dir", str(out), "--json"]) == 0
+    assert cli.main(["evaluate", "--model-dir", str(out), "--dataset", "synthetic-120-41-2"]) == 2
+    assert "another catalogue" in capsys.readouterr().err

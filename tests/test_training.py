@@ -1,0 +1,82 @@
+"""The shared training loop: early stopping keeps the best weights, resume continues where it stopped,
+history and curve are written, and a checkpoint folder from another config is refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from llmrec import training
+from llmrec.errors import LLMRecError
+
+
+def _problem(scores):
+    """A one-parameter model whose 'validation score' per epoch is scripted."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.ones(4, 1)
+    it = iter(scores)
+    seen = []
+
+    def validate():
+        seen.append(float(net.weight.detach()))
+        return next(it)
+
+    return net, opt, (lambda epoch: [x]), (lambda b: (net(b) - 3.0).pow(2).mean()), validate, seen
+
+
+def test_early_stopping_keeps_best_weights():
+    net, opt, batches, step, validate, seen = _problem([0.1, 0.3, 0.2, 0.25, 0.1, 0.9])
+    res = training.fit_loop(net, opt, batches, step, validate, epochs=6, patience=2, progress=False)
+    assert res.best_epoch == 2 and res.stopped_early and len(res.history) == 4
+    assert float(net.weight.detach()) == pytest.approx(seen[1])
+    assert res.history[0]["loss"] > res.history[-1]["loss"]
+
+
+def test_resume_continues_and_matches_uninterrupted(tmp_path):
+    scores = [0.1, 0.2, 0.3, 0.4]
+    net, opt, batches, step, validate, _ = _problem(scores)
+    full = training.fit_loop(net, opt, batches, step, validate, epochs=4, progress=False)
+    w_full = float(net.weight.detach())
+    net, opt, batches, step, validate, _ = _problem(scores)
+    training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False,
+                      checkpoint_dir=tmp_path, fingerprint={"a": 1})
+    net, opt, batches, step, validate, _ = _problem(scores[2:])
+    res = training.fit_loop(net, opt, batches, step, validate, epochs=4, progress=False,
+                            checkpoint_dir=tmp_path, fingerprint={"a": 1})
+    assert res.resumed_from == 2 and len(res.history) == 4
+    assert float(net.weight.detach()) == pytest.approx(w_full)
+    assert [r["loss"] for r in res.history] == [r["loss"] for r in full.history]
+    hist = json.loads((tmp_path / training.HISTORY_FILE).read_text())
+    assert [r["epoch"] for r in hist["history"]] == [1, 2, 3, 4]
+    assert (tmp_path / training.CURVE_FILE).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_refuses_another_config(tmp_path):
+    net, opt, batches, step, validate, _ = _problem([0.1])
+    training.fit_loop(net, opt, batches, step, validate, epochs=1, progress=False,
+                      checkpoint_dir=tmp_path, fingerprint={"embedding_size": 8})
+    net, opt, batches, step, validate, _ = _problem([0.1])
+    with pytest.raises(LLMRecError, match="embedding_size: 8 there, 16 now"):
+        training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False,
+                          checkpoint_dir=tmp_path, fingerprint={"embedding_size": 16})
+
+
+def test_divergence_is_reported():
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(LLMRecError, match="diverged"):
+        training.fit_loop(net, opt, lambda e: [0], lambda b: net.weight.sum() * float("nan"), None,
+                          epochs=1, progress=False)
+
+
+def test_device_and_seed():
+    assert training.device("cpu").type == "cpu"
+    assert training.device("auto").type in ("cpu", "cuda")
+    training.seed_everything(3)
+    a = torch.rand(3), np.random.rand()
+    training.seed_everything(3)
+    b = torch.rand(3), np.random.rand()
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
