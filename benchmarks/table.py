@@ -30,9 +30,18 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
     lines = [head]
     for r in rows:
         m = r["metrics"]
-        notes = r.get("notes", "")
+        notes = [r["notes"]] if r.get("notes") else []
+        if "users_sample" in r:
+            us = r["users_sample"]
+            notes.append(f"fixed random sample of {us['size']} of {us['of_test_users']} users (seed {us['seed']})")
         if "invalid_rate" in r:
-            notes = (notes + f" invalid_rate {r['invalid_rate']:.3f}").strip()
+            notes.append(f"invalid_rate {r['invalid_rate']:.3f} (unconstrained "
+                         f"{r.get('invalid_rate_unconstrained', float('nan')):.3f})")
+        if r.get("stopped_by_time_budget"):
+            notes.append("training cut by its time budget")
+        if r.get("note"):
+            notes.append("see `note` in its JSON")
+        notes = "; ".join(notes)
         lines.append(f"| {r['dataset']} | {r['model']} | {_fmt(m.get('HR@10'))} | {_fmt(m.get('NDCG@10'))} | "
                      f"{_fmt(m.get('HR@20'))} | {_fmt(m.get('NDCG@20'))} | {r.get('users_evaluated', '')} | "
                      f"{r['fit_seconds']:.1f} | {r['eval_seconds']:.1f} | {r['peak_memory_mb']:.0f} | {notes} |")
