@@ -24,59 +24,19 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, LLMRecError
-from .sasrec import SequentialRecommender
+from ..text import item_texts
+from .sasrec import SASRecConfig, SequentialRecommender
 
 
 @dataclass(frozen=True)
-class TextSeqConfig:
+class TextSeqConfig(SASRecConfig):
+    """SASRec's hyper-parameters plus how items enter through their text."""
+
     encoder: str = "minilm"     # text encoder: minilm (all-MiniLM-L6-v2), hash (hashed words, no model)
     id_embedding: bool = True   # add a learned id vector to each item's text vector
-    embedding_size: int = 64
-    num_blocks: int = 2
-    num_heads: int = 1
-    max_length: int = 200
-    dropout: float = 0.2
-    epochs: int = 200
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    patience: int = 10
-    eval_every: int = 1
-    eval_users: int = 0
-    max_minutes: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0
 
 
 # -- item text and its embeddings ------------------------------------------------------------------------
-def item_texts(catalog) -> list[str]:
-    """One string per item: the shared template of llmrec.text when present, else title (year). genres.
-    description. tags."""
-    try:
-        from .. import text as _text
-        return _text.item_texts(catalog)
-    except (ImportError, AttributeError):
-        pass
-    out = []
-    for rec in catalog.frame.to_dict("records"):
-        val = {k: _clean(rec.get(k)) for k in ("item_id", "title", "year", "genres", "description", "tags")}
-        s = val["title"] or val["item_id"]
-        if val["year"]:
-            s += f" ({val['year']})"
-        for k, label in (("genres", "Genres: "), ("description", ""), ("tags", "Tags: ")):
-            if val[k]:
-                s += f". {label}{val[k]}"
-        out.append(s)
-    return out
-
-
-def _clean(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)) or str(v) in ("", "nan", "None"):
-        return ""
-    return str(v)
-
-
 def hash_embed(texts: list[str], dim: int = 256) -> np.ndarray:
     """float32 [n, dim]: bag of hashed lower-cased words with hashed signs, L2-normalised. No model, no
     download: for tests and for catalogues where word overlap is all the text signal there is."""

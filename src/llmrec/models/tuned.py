@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .. import finetune, training
+from ..text import item_texts
 from .base import Recommender
-from .textseq import item_texts
 
 
 @dataclass(frozen=True)
