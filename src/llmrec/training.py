@@ -76,6 +76,24 @@ class LoopResult:
                 "resumed_from_epoch": self.resumed_from}
 
 
+def validator(model, data, split, eval_users: int = 0, seed: int = 0, before=None):
+    """A function returning ``model``'s validation NDCG@10 (all validation users, or a fixed random sample
+    of ``eval_users``), or None when there is no validation split. ``before`` runs first (e.g. re-encode)."""
+    if split is None or not len(split.valid_users):
+        return None
+    users = split.valid_users
+    if eval_users and eval_users < len(users):
+        users = np.random.default_rng(seed).choice(users, eval_users, replace=False)
+
+    def validate() -> float:
+        from .evaluate import evaluate
+        if before is not None:
+            before()
+        return evaluate(model, split, data.n_users, data.n_items, ks=(10,), stage="valid", users=users,
+                        progress=False).metrics["NDCG@10"]
+    return validate
+
+
 def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
              batches: Callable[[int], Iterable], step: Callable[[Any], torch.Tensor],
              validate: Callable[[], float] | None, *, epochs: int, patience: int = 10,

@@ -187,16 +187,7 @@ class SequentialRecommender(Recommender):
             logits = h @ table.T                         # [N, n_items]
             return F.cross_entropy(logits, tgt[keep] - 1)
 
-        validate = None
-        if split is not None and len(split.valid_users):
-            users = split.valid_users
-            if c.eval_users and c.eval_users < len(users):
-                users = np.random.default_rng(c.seed).choice(users, c.eval_users, replace=False)
-
-            def validate() -> float:
-                from ..evaluate import evaluate
-                return evaluate(self, split, data.n_users, data.n_items, ks=(10,), stage="valid",
-                                users=users, progress=False).metrics["NDCG@10"]
+        validate = training.validator(self, data, split, c.eval_users, c.seed)
 
         self.result = training.fit_loop(
             net, opt, batches, step, validate, epochs=c.epochs, patience=c.patience,

@@ -49,17 +49,7 @@ class TunedEncoder(Recommender):
         self.device = training.device(c.device)
         self.encoder = finetune.load_encoder(c.encoder, self.device)
         self.texts = item_texts(data.catalog)
-        validate = None
-        if split is not None and len(split.valid_users):
-            users = split.valid_users
-            if c.eval_users and c.eval_users < len(users):
-                users = np.random.default_rng(c.seed).choice(users, c.eval_users, replace=False)
-
-            def validate() -> float:
-                from ..evaluate import evaluate
-                self._encode_items()
-                return evaluate(self, split, data.n_users, data.n_items, ks=(10,), stage="valid",
-                                users=users, progress=False).metrics["NDCG@10"]
+        validate = training.validator(self, data, split, c.eval_users, c.seed, before=self._encode_items)
         self.result = None
         if c.epochs > 0:
             self.result = finetune.contrastive_finetune(
