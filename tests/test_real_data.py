@@ -60,3 +60,13 @@ def test_grouplens_folder_loader(tmp_path):
     g = datasets.load_grouplens(tmp_path)
     assert len(g.interactions) == 500
     assert g.catalog.titles()[0] == ds.catalog.titles()[0]
+
+
+def test_demo_the_readme_main_job(capsys):
+    from llmrec.cli import main
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "users evaluated: 943" in out and "HR@10  0.1082" in out
+    tail = out.split("a new user, no history, says:")[1]
+    assert tail.count("closest words:") == 5
+    assert "Star" in tail  # "space adventures and robots": a space film leads the zero-shot list

@@ -316,7 +316,8 @@ def cmd_tags(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job: fetch ml-100k, fit itemknn, evaluate it, recommend for one user."""
+    """The main job: fetch ml-100k, fit itemknn, evaluate it, recommend for one user; then a new user who
+    describes their taste in one sentence gets films from the zero-shot language-model recommender."""
     from . import datasets, evaluate, models, split
     ds = datasets.load("ml-100k")
     print(f"ml-100k: {ds.n_users:,} users, {ds.n_items:,} items, {len(ds.interactions):,} interactions")
@@ -333,6 +334,9 @@ def cmd_demo(args) -> int:
     for rank, it in enumerate(recs, 1):
         because = ", ".join(b["title"] for b in it["explanation"]["because"][:2])
         print(f"{rank:>3}. {it['title']:<45} score {it['score']:.3f}  because: {because}")
+    print(f"\na new user, no history, says: {args.text!r}")
+    zs = models.get("zero-shot", encoder="minilm-onnx").fit_catalog(ds.catalog)
+    _print_items(zs.recommend_text([args.text], k=5, explain=True).records(zs.catalog), explain=True)
     return 0
 
 
@@ -445,8 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tags)
 
-    s = sub.add_parser("demo", help="fetch ml-100k, fit itemknn, evaluate, recommend for one user")
+    s = sub.add_parser("demo", help="ml-100k: itemknn evaluated and recommending; zero-shot for a new user")
     s.add_argument("--user", default="196")
+    s.add_argument("--text", default="I have been into space adventures and robots lately",
+                   help="a new user's interests, for the zero-shot part")
     s.set_defaults(func=cmd_demo)
 
     for name, help_, func in (("serve", "start the HTTP service and web page (default: ml-100k)", cmd_serve),
