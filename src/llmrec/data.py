@@ -70,6 +70,7 @@ class Catalog:
 
     frame: pd.DataFrame
     ids: IdMap
+    _title_cache: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, path: str | None = None) -> Catalog:
@@ -100,9 +101,17 @@ class Catalog:
         return [c for c in TEXT_FIELDS if c in self.frame.columns]
 
     def titles(self, idx: Sequence[int] | np.ndarray | None = None) -> list[str]:
-        col = "title" if "title" in self.frame.columns else "item_id"
-        values = self.frame[col].astype(str).to_numpy()
+        """Titles (the item id where there is no title column) of ``idx``, or of every item."""
+        values = self._title_array()
         return list(values if idx is None else values[np.asarray(idx, dtype=np.int64)])
+
+    def _title_array(self) -> np.ndarray:
+        """The title column as strings, built once per frame: results ask for a few titles at a time."""
+        cache = self._title_cache
+        if cache is None or cache[0] is not self.frame or len(cache[1]) != len(self.frame):
+            col = "title" if "title" in self.frame.columns else "item_id"
+            cache = self._title_cache = (self.frame, self.frame[col].astype(str).to_numpy())
+        return cache[1]
 
     def row(self, idx: int) -> dict:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v)

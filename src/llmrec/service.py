@@ -92,7 +92,6 @@ class Engine:
         self._disliked: dict[str, frozenset[int]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
         self._catalog_version = 0
-        self._titles, self._titles_of = None, None
         self.skipped_on_load = 0
         self._load()
 
@@ -202,23 +201,8 @@ class Engine:
                 recs = model.recommend_indices([hist], k, exclude_seen=bool(exclude_seen),
                                                exclude=exclude_ids, candidates=mask, explain=explain)
             out["model"] = model.name
-            out["items"] = self._records(recs, cat)
+            out["items"] = recs.records(cat)
             return out
-
-    def _records(self, recs, cat: Catalog) -> list[dict]:
-        """``Recommendations.records`` for one query, with the titles looked up once per catalogue."""
-        if self._titles_of is not cat:
-            self._titles, self._titles_of = np.asarray(cat.titles(), dtype=object), cat
-        titles, index = self._titles, cat.ids.index
-        out = []
-        for j, (iid, s) in enumerate(zip(recs.item_ids[0], recs.scores[0], strict=True)):
-            if iid is None:
-                continue
-            rec = {"item_id": iid, "score": float(s), "title": titles[index(iid)]}
-            if recs.explanations is not None:
-                rec["explanation"] = recs.explanations[0][j]
-            out.append(rec)
-        return out
 
     def _recommend_text(self, text, k, excl, mask, explain):
         m, cat = self.model, self.model.catalog

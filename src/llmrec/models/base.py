@@ -38,11 +38,12 @@ class Recommendations:
 
     def records(self, catalog: Catalog, row: int = 0) -> list[dict]:
         """One query's results as JSON-able dicts (item_id, score, title, plus explanation)."""
+        kept = [j for j, iid in enumerate(self.item_ids[row]) if iid is not None]
+        ids = [self.item_ids[row][j] for j in kept]
+        titles = catalog.titles(catalog.ids.indices(ids)) if ids else []
         out = []
-        for j, (iid, s) in enumerate(zip(self.item_ids[row], self.scores[row])):
-            if iid is None:
-                continue
-            rec = {"item_id": iid, "score": float(s), "title": catalog.titles([catalog.ids.index(iid)])[0]}
+        for j, iid, title in zip(kept, ids, titles):
+            rec = {"item_id": iid, "score": float(self.scores[row][j]), "title": title}
             if self.explanations is not None:
                 rec["explanation"] = self.explanations[row][j]
             out.append(rec)

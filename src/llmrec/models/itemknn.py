@@ -69,7 +69,6 @@ class ItemKNN(Recommender):
 
     def explain_items(self, history, items) -> list[dict]:
         out = []
-        titles = self.catalog.titles()
         for i in items:
             if i >= self.sim.shape[0] or len(history) == 0:
                 out.append({"because": []})
@@ -77,8 +76,10 @@ class ItemKNN(Recommender):
             h = history[history < self.sim.shape[0]]
             s = np.asarray(self.sim[h][:, [i]].todense()).ravel()
             top = np.argsort(-s, kind="stable")[:3]
-            out.append({"because": [{"item_id": self.catalog.ids.id(h[j]), "title": titles[h[j]],
-                                     "similarity": round(float(s[j]), 4)} for j in top if s[j] > 0]})
+            top = [j for j in top if s[j] > 0]
+            titles = self.catalog.titles(h[top]) if top else []
+            out.append({"because": [{"item_id": self.catalog.ids.id(h[j]), "title": t,
+                                     "similarity": round(float(s[j]), 4)} for j, t in zip(top, titles)]})
         return out
 
     def _state(self):
