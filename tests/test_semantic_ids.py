@@ -43,11 +43,29 @@ def test_decoding_stays_in_the_catalogue_and_skips_the_history(quick, tiny):
 
 
 def test_long_history_keeps_the_most_recent_items(quick):
-    toks = quick._history_tokens(np.arange(30))
-    assert len(toks) == 1 + 5 * quick.width
-    np.testing.assert_array_equal(toks[1:], quick.tokens[np.arange(25, 30)].ravel())
+    np.testing.assert_array_equal(quick._recent(np.arange(30)), np.arange(25, 30))
+    state = quick._states([np.arange(30)])
+    np.testing.assert_allclose(state, quick._states([np.arange(25, 30)]), atol=1e-5)
     e = quick.explain_items(np.arange(30), np.array([40]))[0]
     assert e["history_items_in_prompt"] == 5 and "score" in e and e["prompt"].startswith("[BOS]")
+
+
+def test_exhaustive_decoding_scores_every_item_by_its_code_log_probability(quick):
+    """Exhaustive scores are code log-probabilities (at most 1 in all: the rest is on codes of no item) and
+    equal the beam's scores for the beam's items."""
+    from dataclasses import replace
+    hist = [np.array([0, 1, 2]), np.arange(40)]
+    beam = quick.score_histories(hist)
+    quick.config = replace(quick.config, decoding="exhaustive")
+    try:
+        full = quick.score_histories(hist)
+    finally:
+        quick.config = replace(quick.config, decoding="beam")
+    total = np.exp(full.astype(np.float64)).sum(1)
+    assert ((total > 0.1) & (total <= 1 + 1e-4)).all()
+    for b, f in zip(beam, full, strict=True):
+        got = np.flatnonzero(b > OUTSIDE)
+        np.testing.assert_allclose(b[got], f[got], atol=1e-4)
 
 
 def test_empty_catalogue_is_a_clear_error(tiny, tiny_split):

@@ -6,11 +6,16 @@
    Items that still share a code get one more level numbering them 0, 1, 2, ... in catalogue order (the
    collision level), so every item has a distinct, fixed-length code: ``levels + 1`` tokens.
 2. A small decoder-only transformer, trained from scratch on the interaction log, reads a user's history
-   as the flat token sequence ``[BOS] c(i1) c(i2) ...`` and is trained to predict every next token (so every
-   position of every history is a training example, as in SASRec).
-3. Recommending = beam search over the next item's code, constrained by a trie of the catalogue's codes,
-   with the user's history pruned from the trie; the score is the code's log-probability. Items outside
-   the beam score strictly below every beam item (``OUTSIDE``), ties then fall to item index.
+   one item per position (each item entered as the sum of its code tokens' embeddings, plus its position),
+   so a long history stays a short context; a small code head then predicts the next item's code token by
+   token (each level from the history state plus the embeddings of the tokens before it). Every position of
+   every history is a training example, as in SASRec.
+3. Recommending (``decoding="beam"``, the default) = beam search over the next item's code, constrained by
+   a trie of the catalogue's codes, with the user's history pruned from the trie; the score is the code's
+   log-probability. Items outside the beam score strictly below every beam item (``OUTSIDE``), ties then
+   fall to item index. ``decoding="exhaustive"`` instead scores every catalogue item by its code's
+   log-probability (teacher forcing through each level's distinct prefixes): an exact full ranking with no
+   search, affordable for small catalogues; it can return no invalid item by construction.
 
 (TIGER trains an RQ-VAE and an encoder-decoder; here residual k-means and a decoder-only model keep it
 small enough to train on ml-1m on a CPU.)
@@ -53,6 +58,10 @@ class SemanticIdsConfig:
     weight_decay: float = 0.01
     beam_size: int = 20
     top_k: int = 20  # items returned by the beam (the rest score OUTSIDE)
+    # beam: trie-constrained beam search (top_k items; the rest score OUTSIDE); exhaustive: every catalogue
+    # item scored by its code's log-probability, teacher-forced level by level (an exact full ranking, for
+    # small catalogues: cost grows with the number of distinct code prefixes)
+    decoding: Literal["beam", "exhaustive"] = "beam"
     patience: int = 3  # epochs without validation gain before stopping
     max_minutes: float = 0.0  # stop training after the epoch that passes this budget (0: no budget)
     valid_users: int = 500  # validation sample used to pick the epoch (0: no validation)
@@ -152,7 +161,7 @@ def residual_codes(x: np.ndarray, levels: int, k: int, iters: int, seed: int) ->
 
 
 # -- the sequence model -----------------------------------------------------------------------------
-def _build_net(vocab: int, max_tokens: int, cfg: SemanticIdsConfig):
+def _build_net(tokens: np.ndarray, vocab: int, cfg: SemanticIdsConfig):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -166,63 +175,93 @@ def _build_net(vocab: int, max_tokens: int, cfg: SemanticIdsConfig):
             self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
             self.drop = nn.Dropout(p)
 
-        def forward(self, x, mask, past=None):
-            """x [b, t, d]; past: (k, v) [b, h, T, d/h] this block saw before x; mask [t, T + t] bool."""
+        def forward(self, x, mask):
             b, t, d = x.shape
             q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
-            kv = (k, v)
-            if past is not None:
-                k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                dropout_p=self.p if self.training else 0.0)
             x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
-            return x + self.drop(self.mlp(self.ln2(x))), kv
+            return x + self.drop(self.mlp(self.ln2(x)))
 
-    class CodeGPT(nn.Module):
-        """tokens int64 [b, t] -> logits [b, t, vocab]; ``past`` continues cached key/values."""
+    class ItemCodeNet(nn.Module):
+        """A causal transformer over items (one input vector per item: the sum of its code tokens'
+        embeddings plus the item's position) and a small code head predicting the next item's code token by
+        token, each level from the history state plus the embeddings of the tokens decoded before it."""
 
         def __init__(self):
             super().__init__()
-            d = cfg.embedding_size
-            self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(max_tokens, d)
+            d, width = cfg.embedding_size, tokens.shape[1]
+            table = np.concatenate([np.zeros((1, width), np.int64), tokens])  # row 0: BOS (token 0 only)
+            table[0, 1:] = -1
+            self.register_buffer("codes", torch.from_numpy(table), persistent=False)
+            end = tokens.max(0) + 1  # level lv's tokens are [end[lv - 1], end[lv]) (level 0 from 1)
+            mask = torch.full((width, vocab), -1e9)
+            for lv in range(width):
+                mask[lv, 1 if lv == 0 else end[lv - 1]:end[lv]] = 0.0  # each level predicts its own block
+            self.register_buffer("level_mask", mask, persistent=False)
+            self.tok = nn.Embedding(vocab + 1, d, padding_idx=vocab)  # index vocab (from -1): nothing
+            self.pos = nn.Embedding(cfg.max_history + 1, d)
             self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
-            self.ln, self.head, self.drop = nn.LayerNorm(d), nn.Linear(d, vocab), nn.Dropout(cfg.dropout)
+            self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
+            self.prev, self.level = nn.Embedding(vocab, d), nn.Embedding(width, d)
+            self.head_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+            self.head_ln, self.out = nn.LayerNorm(d), nn.Linear(d, vocab)
 
-        def forward(self, tokens, past=None, offset=0):
-            t = tokens.shape[1]
-            T = 0 if past is None else past[0][0].shape[2]
-            pos = torch.arange(offset, offset + t).clamp(max=self.pos.num_embeddings - 1)
-            x = self.drop(self.tok(tokens) + self.pos(pos))
-            mask = torch.ones(t, T + t, dtype=torch.bool).tril(T)
-            kvs = []
-            for j, blk in enumerate(self.blocks):
-                x, kv = blk(x, mask, None if past is None else past[j])
-                kvs.append(kv)
-            return self.head(self.ln(x)), kvs
+        def history(self, items, lengths):
+            """items int64 [b, t] (0 = BOS or right padding, i + 1 = item i), each row's first ``lengths``
+            [b] entries real -> states [b, t, d]. Positions count back from each row's last entry (as in
+            SASRec), so the most recent item always has the same position."""
+            t = items.shape[1]
+            c = self.codes[items]
+            pos = (cfg.max_history + 1 - lengths[:, None] + torch.arange(t)).clamp(0, cfg.max_history)
+            x = self.tok(torch.where(c < 0, self.tok.padding_idx, c)).sum(2) + self.pos(pos)
+            x = self.drop(x)
+            mask = torch.ones(t, t, dtype=torch.bool).tril()
+            for blk in self.blocks:
+                x = blk(x, mask)
+            return self.ln(x)
 
-    return CodeGPT()
+        def logits(self, h, before, levels):
+            """h [..., d] + embeddings of earlier code tokens ``before`` [..., n, d] -> logits [..., n, vocab]
+            of the code tokens at ``levels`` (int64 [n])."""
+            z = h[..., None, :] + before + self.level(levels)
+            z = z + self.head_mlp(z)
+            return self.out(self.head_ln(z)) + self.level_mask[levels]
+
+        def teacher_forced(self, h, codes):
+            """Logits [..., width, vocab] of every level of the target ``codes`` [..., width]."""
+            e = self.prev(codes)
+            return self.logits(h, torch.cumsum(e, -2) - e, torch.arange(codes.shape[-1]))
+
+        def next_logp(self, h, prefix):
+            """Log-probs [n, vocab] of the code token after ``prefix`` int64 [n, l] for states h [n, d]."""
+            lv = torch.full((1,), prefix.shape[1], dtype=torch.long)
+            return torch.log_softmax(self.logits(h, self.prev(prefix).sum(1)[:, None], lv)[:, 0], -1)
+
+    return ItemCodeNet()
 
 
 class _CodeDecoder:
-    """The trie.Decoder protocol for one user: the history's key/values are computed once (batched over
-    users by the caller); each step re-reads the few code tokens decoded so far."""
+    """The trie.Decoder protocol for one user: the history state is computed once (batched over users by
+    the caller); each step runs only the code head on the tokens decoded so far."""
 
-    def __init__(self, net, past, first_logp, offset):
-        self.net, self.past, self.first, self.offset = net, past, first_logp, offset
+    def __init__(self, net, h):
+        self.net, self.h = net, h
         self.prefix = None
+
+    def _logp(self):
+        import torch
+        with torch.no_grad():
+            n = len(self.prefix)
+            return self.net.next_logp(self.h.expand(n, -1), torch.from_numpy(self.prefix)).numpy()
 
     def start(self):
         self.prefix = np.zeros((1, 0), dtype=np.int64)
-        return self.first
+        return self._logp()
 
     def step(self, parents, tokens):
-        import torch
         self.prefix = np.concatenate([self.prefix[parents], tokens[:, None]], axis=1)
-        n = len(parents)
-        past = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in self.past]
-        with torch.no_grad():
-            logits, _ = self.net(torch.from_numpy(self.prefix), past=past, offset=self.offset)
-        return torch.log_softmax(logits[:, -1], -1).numpy()
+        return self._logp()
 
 
 class SemanticIds(Recommender):
@@ -240,7 +279,8 @@ class SemanticIds(Recommender):
         self.tokens = self._token_table()  # int64 [n_items, levels + 1]
         self.trie = Trie(self.tokens)
         self.width = self.tokens.shape[1]
-        self.max_tokens = 1 + (self.config.max_history + 1) * self.width
+        self._prefixes = [np.unique(self.tokens[:, :lv], axis=0, return_inverse=True)
+                          for lv in range(self.width)]  # (distinct prefixes, each item's) per level
         self._latency: list[float] = []
         self._returned = 0
         self._invalid = 0
@@ -261,7 +301,7 @@ class SemanticIds(Recommender):
                                     cfg.codebook_size, cfg.kmeans_iters, cfg.seed)
         self.code_seconds = time.perf_counter() - t0
         self._setup()
-        self.net = _build_net(self.vocab, self.max_tokens, cfg)
+        self.net = _build_net(self.tokens, self.vocab, cfg)
         chunks = self._chunks(self._histories)
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
@@ -276,10 +316,7 @@ class SemanticIds(Recommender):
             self.net.train()
             loss_sum, n_b = 0.0, 0
             for b in _batches(chunks, cfg.batch_size, rng):
-                x = torch.from_numpy(b)
-                logits, _ = self.net(x[:, :-1].clamp(min=0))
-                loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab),
-                                                         x[:, 1:].reshape(-1), ignore_index=-1)
+                loss = self._loss(torch.from_numpy(b))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -289,6 +326,8 @@ class SemanticIds(Recommender):
                    "seconds": round(time.perf_counter() - t0, 1)}
             if len(vu):
                 s = self._score([self._histories[u] for u in vu])
+                for row, u in zip(s, vu, strict=True):
+                    row[self._histories[u]] = -np.inf  # seen items are never recommended
                 rank = (s > s[np.arange(len(vt)), vt][:, None]).sum(1)
                 rec["valid_HR@10"] = round(float((rank < 10).mean()), 4)
             self.history_log.append(rec)
@@ -310,43 +349,52 @@ class SemanticIds(Recommender):
         self.net.eval()
         self._latency, self._returned, self._invalid = [], 0, 0
 
-    def _chunks(self, histories) -> list[np.ndarray]:
-        """Windows of ``max_history + 1`` items cut from each history's end, as token rows
-        ``[BOS] codes...`` (padding later with -1)."""
-        w = self.config.max_history + 1
-        out = []
-        for h in histories:
-            for end in range(len(h), 1, -w):
-                items = h[max(0, end - w):end]
-                if len(items) >= 2:
-                    out.append(np.concatenate([[0], self.tokens[items].ravel()]))
-        return out
-
-    def _history_tokens(self, h: np.ndarray) -> np.ndarray:
-        h = h[-self.config.max_history:] if self.config.max_history > 0 else h[:0]
-        return np.concatenate([[0], self.tokens[h].ravel()]).astype(np.int64)
-
-    def _encode_histories(self, histories):
-        """Batched history pass: per user (key/values, first-token log-probs, length)."""
+    def _loss(self, x):
+        """Mean cross-entropy of every code token of every next item in the padded item rows x [b, t] (-1:
+        padding): position j reads BOS and items < j (as ids + 1, padding reading as BOS)."""
         import torch
-        rows = [self._history_tokens(np.asarray(h, dtype=np.int64)) for h in histories]
-        lens = np.array([len(r) for r in rows])
-        x = np.zeros((len(rows), lens.max()), dtype=np.int64)
-        for i, r in enumerate(rows):
-            x[i, :len(r)] = r
-        with torch.no_grad():
-            logits, kvs = self.net(torch.from_numpy(x))
-            logp = torch.log_softmax(logits, -1)
-        out = []
-        for i, n in enumerate(lens):
-            past = [(k[i:i + 1, :, :n], v[i:i + 1, :, :n]) for k, v in kvs]
-            out.append((past, logp[i, n - 1][None].numpy(), int(n)))
-        return out
+        bos = torch.zeros(len(x), 1, dtype=torch.long)
+        h = self.net.history(torch.cat([bos, x[:, :-1] + 1], 1), (x >= 0).sum(1))
+        codes = self.net.codes[x + 1]  # padding -> the BOS row, masked out of the loss below
+        logits = self.net.teacher_forced(h, codes.clamp(min=0))
+        target = torch.where((x >= 0)[..., None], codes, -1)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab), target.reshape(-1),
+                                                 ignore_index=-1)
 
-    def _beam(self, enc, history):
-        past, first, n = enc
-        dec = _CodeDecoder(self.net, past, first, n)
-        return beam_search(dec, self.trie, self.config.top_k, self.config.beam_size, banned=history)
+    def _chunks(self, histories) -> list[np.ndarray]:
+        """Windows of ``max_history + 1`` items cut from each history's end."""
+        w = self.config.max_history + 1
+        return [h[max(0, end - w):end] for h in histories for end in range(len(h), 1, -w)]
+
+    def _recent(self, h) -> np.ndarray:
+        h = np.asarray(h, dtype=np.int64)
+        return h[-self.config.max_history:] if self.config.max_history > 0 else h[:0]
+
+    def _states(self, histories):
+        """History states [n, d] (the transformer's output after each history's last item)."""
+        import torch
+        rows = [self._recent(h) for h in histories]
+        lens = np.array([len(r) for r in rows])
+        x = np.zeros((len(rows), lens.max() + 1), dtype=np.int64)
+        for i, r in enumerate(rows):
+            x[i, 1:len(r) + 1] = r + 1
+        with torch.no_grad():
+            return self.net.history(torch.from_numpy(x), torch.from_numpy(lens + 1))[np.arange(len(rows)), lens]
+
+    def _exhaustive(self, h) -> np.ndarray:
+        """Log-probability [n, n_items] of every catalogue item's full code (teacher forcing through each
+        level's distinct prefixes), 16 users at a time."""
+        import torch
+        out = np.zeros((len(h), len(self.catalog)), dtype=np.float32)
+        for s in range(0, len(h), 16):
+            part = h[s:s + 16]
+            with torch.no_grad():
+                for lv, (pre, inv) in enumerate(self._prefixes):
+                    before = self.net.prev(torch.from_numpy(pre)).sum(1)  # [p, d]
+                    logp = torch.log_softmax(self.net.logits(part[:, None], before[None, :, None],
+                                                             torch.tensor([lv]))[:, :, 0], -1)
+                    out[s:s + 16] += logp[:, inv, self.tokens[:, lv]].numpy()
+        return out
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         with torch_threads(self.config.threads):
@@ -358,11 +406,17 @@ class SemanticIds(Recommender):
         for start in range(0, len(histories), 256):
             part = histories[start:start + 256]
             t0 = time.perf_counter()
-            encs = self._encode_histories(part)
+            states = self._states(part)
+            if self.config.decoding == "exhaustive":
+                out[start:start + len(part)] = self._exhaustive(states)
+                self._latency += [(time.perf_counter() - t0) / len(part)] * len(part)
+                self._returned += len(part) * n_items  # every catalogue item, so none invalid
+                continue
             shared = (time.perf_counter() - t0) / max(len(part), 1)
-            for j, (h, enc) in enumerate(zip(part, encs, strict=True)):
+            for j, (h, state) in enumerate(zip(part, states, strict=True)):
                 t1 = time.perf_counter()
-                res = self._beam(enc, np.asarray(h, dtype=np.int64))
+                res = beam_search(_CodeDecoder(self.net, state[None]), self.trie, self.config.top_k,
+                                  self.config.beam_size, banned=np.asarray(h, dtype=np.int64))
                 self._latency.append(shared + time.perf_counter() - t1)
                 self._returned += len(res.items)
                 self._invalid += int(((res.items < 0) | (res.items >= n_items)).sum())
@@ -371,7 +425,7 @@ class SemanticIds(Recommender):
 
     def explain_items(self, history, items) -> list[dict]:
         s = self.score_histories([np.asarray(history, dtype=np.int64)])[0]
-        shown = np.asarray(history, dtype=np.int64)[-self.config.max_history:]
+        shown = self._recent(history)
         prompt = " ".join("<" + "-".join(map(str, self.codes[i])) + ">" for i in shown)
         return [{"generated": bool(s[i] > OUTSIDE), "semantic_id": self.codes[i].tolist(),
                  "score": float(s[i]), "prompt": f"[BOS] {prompt}",
@@ -385,9 +439,8 @@ class SemanticIds(Recommender):
         if not hist:
             return 0.0
         bad = 0
-        for enc in self._encode_histories(hist):
-            past, first, n = enc
-            toks = greedy_unconstrained(_CodeDecoder(self.net, past, first, n), self.width)
+        for state in self._states(hist):
+            toks = greedy_unconstrained(_CodeDecoder(self.net, state[None]), self.width)
             bad += self.trie.lookup(toks) < 0
         return bad / len(hist)
 
@@ -415,7 +468,7 @@ class SemanticIds(Recommender):
         import torch
         self.codes = state["codes"]
         self._setup()
-        self.net = _build_net(self.vocab, self.max_tokens, self.config)
+        self.net = _build_net(self.tokens, self.vocab, self.config)
         self.net.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in state.items()
                                   if k.startswith("net.")})
         self.net.eval()
