@@ -46,6 +46,9 @@ def test_long_history_keeps_the_most_recent_items(quick):
     np.testing.assert_array_equal(quick._recent(np.arange(30)), np.arange(25, 30))
     state = quick._states([np.arange(30)])
     np.testing.assert_allclose(state, quick._states([np.arange(25, 30)]), atol=1e-5)
+    # batching (right padding to the longest history) leaves a short history's state unchanged
+    np.testing.assert_allclose(quick._states([np.arange(3), np.arange(30)])[0], quick._states([np.arange(3)])[0],
+                               atol=1e-5)
     e = quick.explain_items(np.arange(30), np.array([40]))[0]
     assert e["history_items_in_prompt"] == 5 and "score" in e and e["prompt"].startswith("[BOS]")
 
