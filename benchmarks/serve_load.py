@@ -121,12 +121,19 @@ end
 """
 
 
+def _pin_client() -> None:
+    """Move this process (and the clients it starts) off CPU 0, which the server has."""
+    others = set(range(os.cpu_count() or 1)) - {0}
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def _wrk_phase(port, path, bodies, concurrency, seconds, warmup):
     """The same phase driven by wrk (C, epoll): it leaves the shared CPU to the server."""
     lua = WRK_LUA % (", ".join("[[" + b.decode() + "]]" for b in bodies), path)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(lua)
-    threads = min(2, concurrency)
+    threads = min(2, concurrency, len(os.sched_getaffinity(0)))
     base = ["wrk", "-t", str(threads), "-c", str(concurrency), "-s", f.name, "--timeout", "5s",
             f"http://127.0.0.1:{port}"]
     try:
@@ -167,6 +174,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     p.add_argument("--client", choices=["auto", "wrk", "python"], default="auto",
                    help="load generator: wrk when installed (auto), else an asyncio Python client")
+    p.add_argument("--pin", action="store_true",
+                   help="server on CPU 0, load generator on the other CPUs (so the client does not preempt "
+                        "the server; what a separate client machine gives)")
     p.add_argument("--out", default=str(RESULTS / "serve_load.json"))
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -193,7 +203,10 @@ def main(argv=None) -> int:
     cmd = [sys.executable, __file__, "--serve", "--port", str(port), "--dataset", args.dataset,
            "--model", model, "--data-dir", data_dir]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1"})
+    pin = (lambda: os.sched_setaffinity(0, {0})) if args.pin else None
+    proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, preexec_fn=pin)
+    if args.pin:
+        _pin_client()
     try:
         health = _wait(port, proc)
         startup_s = time.perf_counter() - t0
@@ -236,7 +249,8 @@ def main(argv=None) -> int:
                      f"process with N keep-alive connections each sending POST requests back to "
                      f"back; {args.warmup:g} s warm-up then {args.seconds:g} s measured per phase; "
                      f"/recommend bodies {{user_id, k: 10}} over 1,000 random users; /_empty and "
-                     f"/_empty_async return {{}} and ignore the same bodies (sync and async route)"),
+                     f"/_empty_async return {{}} and ignore the same bodies (sync and async route)"
+                     + ("; server pinned to CPU 0, client to the others" if args.pin else "")),
         "phases": phases,
         "summary": {
             f"recommend_c{top}_p99_ms": rec["p99_ms"],

@@ -103,3 +103,17 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     assert cli.main(["evaluate", "--model-dir", str(out), "--json"]) == 0
     assert cli.main(["evaluate", "--model-dir", str(out), "--dataset", "synthetic-120-41-2"]) == 2
     assert "another catalogue" in capsys.readouterr().err
+
+
+def test_cosine_similarity_with_windows_and_schedule_learns(tiny, tiny_split):
+    """The other training options (cosine logits, every window of long histories, warm-up + cosine decay,
+    bfloat16 loss) still learn the synthetic sequences."""
+    cfg = {**FAST, "similarity": "cosine", "temperature": 0.1, "windows": 0, "max_length": 8,
+           "lr_schedule": "cosine", "warmup_epochs": 1, "bf16": True}
+    m = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False)
+    pop = models.get("popular").fit(tiny, tiny_split, progress=False)
+    ours = evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False)
+    base = evaluate.evaluate(pop, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False)
+    assert ours.metrics["NDCG@10"] > 2 * base.metrics["NDCG@10"] + 0.05, (ours.metrics, base.metrics)
+    s = m.score_histories([np.array([1, 2, 3])])
+    assert np.abs(s).max() <= 1.0 / 0.1 + 1e-4  # cosine / temperature

@@ -94,12 +94,29 @@ def validator(model, data, split, eval_users: int = 0, seed: int = 0, before=Non
     return validate
 
 
+def lr_schedule(kind: str, epochs: int, warmup_epochs: int = 0) -> Callable[[int], float]:
+    """Learning-rate factor per epoch: linear warm-up over ``warmup_epochs``, then ``constant`` or
+    ``cosine`` (half a cosine from 1 down to 0.01 at the last of ``epochs``)."""
+    if kind not in ("constant", "cosine"):
+        raise LLMRecError(f"unknown lr_schedule {kind!r}: choose constant or cosine")
+
+    def scale(epoch: int) -> float:
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        if kind == "constant":
+            return 1.0
+        t = (epoch - warmup_epochs) / max(1, epochs - warmup_epochs - 1)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return scale
+
+
 def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
              batches: Callable[[int], Iterable], step: Callable[[Any], torch.Tensor],
              validate: Callable[[], float] | None, *, epochs: int, patience: int = 10,
              eval_every: int = 1, checkpoint_dir: str | Path | None = None,
              fingerprint: dict | None = None, progress: bool = True, desc: str = "train",
-             grad_clip: float = 0.0, max_seconds: float = 0.0) -> LoopResult:
+             grad_clip: float = 0.0, max_seconds: float = 0.0,
+             lr_scale: Callable[[int], float] | None = None) -> LoopResult:
     """Train ``module`` for up to ``epochs`` epochs and leave it holding its best weights.
 
     batches(epoch): the epoch's batches (shuffle with a seed derived from the epoch, so a resumed run sees
@@ -110,6 +127,8 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     with the same ``fingerprint`` (config + data identity) resumes from it.
     max_seconds: a wall-clock budget for this call (0 = none); the loop stops after the epoch that
     exceeds it and keeps the best weights so far.
+    lr_scale(epoch): a factor on each parameter group's initial learning rate for that (0-based) epoch,
+    e.g. ``lr_schedule(...)``; a function of the epoch alone, so a resumed run continues the schedule.
     """
     t_start = time.perf_counter()
     res = LoopResult()
@@ -136,8 +155,14 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
         return res
     bar = tqdm(range(start, epochs), desc=desc, unit="epoch", disable=not progress, initial=start,
                total=epochs)
+    base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+    for g, lr in zip(optimizer.param_groups, base_lrs):
+        g["initial_lr"] = lr
     for epoch in bar:
         module.train()
+        if lr_scale is not None:
+            for g, lr in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr * lr_scale(epoch)
         t0 = time.perf_counter()
         total, n = 0.0, 0
         for batch in batches(epoch):

@@ -17,13 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import training
+from .. import losses, training
 from ..config import to_dict
 from ..errors import DataError, LLMRecError
 from .base import Recommender
@@ -35,9 +36,14 @@ class SASRecConfig:
     num_blocks: int = 2
     num_heads: int = 1
     max_length: int = 200
+    windows: int = 1            # training windows of max_length + 1 items per user, newest first (0 = all)
     dropout: float = 0.2
     epochs: int = 200
+    similarity: Literal["dot", "cosine"] = "dot"  # cosine: user and item vectors L2-normalised ...
+    temperature: float = 0.05   # ... and their cosine divided by this in the softmax
     learning_rate: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays over `epochs`
+    warmup_epochs: int = 0
     weight_decay: float = 0.0
     batch_size: int = 128
     patience: int = 10          # validations without improvement before stopping
@@ -47,6 +53,8 @@ class SASRecConfig:
     seed: int = 0
     device: str = "auto"        # auto = cuda when present, else cpu
     threads: int = 0            # torch CPU threads (0 = torch's default)
+    loss_chunk: int = 128       # softmax CE over the catalogue in chunks of this many positions (0 = at once)
+    bf16: bool = False          # bfloat16 products in the loss (fast on CPUs with AVX512-BF16 / AMX)
 
 
 class Block(nn.Module):
@@ -129,6 +137,18 @@ def pad_left(histories: list[np.ndarray], max_length: int) -> np.ndarray:
     return out
 
 
+def windows(history: np.ndarray, size: int, count: int) -> list[np.ndarray]:
+    """The history cut into windows of ``size`` items from the newest backwards, consecutive windows
+    sharing one item (so every transition is trained once): the newest ``count`` of them (0 = all)."""
+    out, end = [], len(history)
+    while end > 0 and (count == 0 or len(out) < count):
+        out.append(history[max(0, end - size):end])
+        if end <= size:
+            break
+        end -= size - 1
+    return out
+
+
 class SequentialRecommender(Recommender):
     """A causal transformer over item histories, trained with full softmax CE (subclasses give items)."""
 
@@ -143,7 +163,8 @@ class SequentialRecommender(Recommender):
     RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
 
     def _fingerprint(self, data) -> dict:
-        cfg = {k: v for k, v in to_dict(self.config).items() if k not in self.RESUMABLE_CHANGES}
+        free = [k for k in self.RESUMABLE_CHANGES if not (k == "epochs" and self.config.lr_schedule != "constant")]
+        cfg = {k: v for k, v in to_dict(self.config).items() if k not in free}
         return {"model": self.name, **cfg, "dataset": data.name, "n_items": data.n_items,
                 "n_users": data.n_users}
 
@@ -160,8 +181,7 @@ class SequentialRecommender(Recommender):
         training.seed_everything(c.seed)
         self.device = training.device(c.device)
         self.popularity = np.bincount(train.item, minlength=data.n_items).astype(np.float32)
-        hist = [h[-(c.max_length + 1):] for h in self._histories]
-        seqs = [h for h in hist if len(h) >= 2]
+        seqs = [w for h in self._histories for w in windows(h, c.max_length + 1, c.windows) if len(w) >= 2]
         if not seqs:
             raise DataError(f"data set {data.name!r} has no training history with 2 or more items: "
                             f"{self.name} learns from item -> next item pairs")
@@ -184,8 +204,8 @@ class SequentialRecommender(Recommender):
             keep = inp > 0                               # left padding: real input => real target
             table = net.items()
             h = net.encoder(inp, table)[keep]            # [N, d]: only real target positions
-            logits = h @ table.T                         # [N, n_items]
-            return F.cross_entropy(logits, tgt[keep] - 1)
+            h, out = self._logit_sides(h, table)
+            return losses.softmax_ce(h, out, tgt[keep] - 1, chunk=c.loss_chunk, bf16=c.bf16)
 
         validate = training.validator(self, data, split, c.eval_users, c.seed)
 
@@ -193,9 +213,17 @@ class SequentialRecommender(Recommender):
             net, opt, batches, step, validate, epochs=c.epochs, patience=c.patience,
             eval_every=c.eval_every, checkpoint_dir=self.checkpoint_dir,
             fingerprint=self._fingerprint(data), progress=progress, desc=f"{self.name} {data.name}",
-            max_seconds=60.0 * c.max_minutes)
+            max_seconds=60.0 * c.max_minutes,
+            lr_scale=training.lr_schedule(c.lr_schedule, c.epochs, c.warmup_epochs))
         if self.checkpoint_dir is not None:
             training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
+
+    def _logit_sides(self, users: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(user side, item side) whose product is the logits: raw vectors (dot), or unit vectors with
+        the temperature on the user side (cosine)."""
+        if self.config.similarity == "dot":
+            return users, table
+        return F.normalize(users, dim=-1) / self.config.temperature, F.normalize(table, dim=-1)
 
     # -- scoring ----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -225,7 +253,8 @@ class SequentialRecommender(Recommender):
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [b, n_items]. An empty history scores items by training popularity."""
         table = self.item_vectors()
-        scores = (self.user_vectors(histories, table) @ table.T).float().cpu().numpy()
+        users, items = self._logit_sides(self.user_vectors(histories, table), table)
+        scores = (users @ items.T).float().cpu().numpy()
         n = len(self.catalog)
         if scores.shape[1] < n:  # items the model has no vector for rank last
             scores = np.pad(scores, ((0, 0), (0, n - scores.shape[1])), constant_values=scores.min() - 1)
