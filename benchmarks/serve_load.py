@@ -50,7 +50,7 @@ def serve(args) -> None:
         "engine_recommend_wall_ms": round((time.perf_counter() - wall) / len(users) * 1e3, 3)}))
 
     @app.post("/_empty")
-    def empty_sync() -> dict:  # a plain `def` route, like /recommend
+    def empty_sync() -> dict:  # a plain `def` route (run in the thread pool)
         return {}
 
     @app.post("/_empty_async")
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
         "benchmark": "serve_load", "dataset": args.dataset, "model": health["model"],
         "items": health["items"], "users": health["users"],
         "client": client,
-        "protocol": (f"uvicorn, 1 worker, httptools + uvloop, on 127.0.0.1; load from {client} in another "
+        "protocol": (f"uvicorn, 1 worker, httptools + asyncio loop, on 127.0.0.1; load from {client} in another "
                      f"process with N keep-alive connections each sending POST requests back to "
                      f"back; {args.warmup:g} s warm-up then {args.seconds:g} s measured per phase; "
                      f"/recommend bodies {{user_id, k: 10}} over 1,000 random users; /_empty and "

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from servicekit import TextKNN, dataset
 
 from llmrec import models, service
+from llmrec.errors import LLMRecError
 from llmrec.server import create_app
 
 KEY = "test-key-123"
@@ -374,3 +375,61 @@ def test_cli_retrain_then_serve_checkpoint(tmp_path, capsys):
     assert cli.main(["serve", "--items", str(items), "--model", "itemknn"]) == 2  # itemknn needs a log
     err = capsys.readouterr().err
     assert "needs an interaction log" in err
+
+
+# -- batching concurrent requests ------------------------------------------------------------------
+def _same_answer(got: dict, want: dict, q) -> None:
+    """Same items in the same order; scores equal up to float rounding (a batch is one matrix product)."""
+    strip = lambda a: {**a, "items": [{k: v for k, v in r.items() if k != "score"} for r in a["items"]]}
+    assert strip(got) == strip(want), q
+    assert [r["score"] for r in got["items"]] == pytest.approx([r["score"] for r in want["items"]], rel=1e-5)
+
+
+def _queries():
+    return [dict(user_id="u0", k=5), dict(user_id="u1", k=3, exclude=["s0", "c1"]),
+            dict(history=["g0", "g1"], k=4), dict(user_id="nobody", k=5), dict(user_id="u2", k=7),
+            dict(user_id="u3", k=2, filters={"genres": "Garden"}), dict(user_id="u4", k=0),
+            dict(user_id="u5", k=4, exclude_seen=False)]
+
+
+@pytest.mark.parametrize("model", ["itemknn", "zero-shot"])
+def test_recommend_many_equals_one_by_one(ds, tmp_path, model):
+    e = make_engine(ds, tmp_path / "state", model=model)
+    e.add_events([{"user_id": "u2", "item_id": e.recommend(user_id="u2", k=1)["items"][0]["item_id"],
+                   "type": "dislike"}])
+    batch = e.recommend_many(_queries())
+    for q, got in zip(_queries(), batch):
+        try:
+            want = e.recommend(**q)
+        except Exception as err:  # noqa: BLE001
+            assert type(got) is type(err) and str(got) == str(err), (q, got)
+            continue
+        _same_answer(got, want, q)
+    assert isinstance(batch[3], service.UnknownNameError) and "nobody" in str(batch[3])
+    assert isinstance(batch[6], LLMRecError) and "k must be" in str(batch[6])
+    assert len(batch[4]["items"]) == 7 and len(batch[1]["items"]) == 3
+    e.store.close()
+
+
+def test_concurrent_http_requests_are_batched_and_answered_alike(engine):
+    import asyncio
+
+    import httpx
+    app = create_app(engine, api_key=KEY)
+    calls = []
+    many = engine.recommend_many
+    engine.recommend_many = lambda qs: calls.append(len(qs)) or many(qs)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/recommend", json=q) for q in _queries()))
+    responses = asyncio.run(go())
+    assert max(calls) > 1, calls  # at least some requests were scored together
+    for q, r in zip(_queries(), responses):
+        try:
+            want = engine.recommend(**q)
+        except LLMRecError:
+            assert 400 <= r.status_code < 500, (q, r.text)
+            continue
+        assert r.status_code == 200, (q, r.text)
+        _same_answer(r.json(), json.loads(json.dumps(want)), q)

@@ -8,6 +8,7 @@ with no key configured, writes are refused unless the app was made ``insecure``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -143,6 +144,38 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
+class _Batcher:
+    """Concurrent /recommend calls for users or histories, answered by one ``Engine.recommend_many`` call:
+    the requests parsed in one turn of the event loop are scored together in the next (one matrix product
+    instead of one per request), each getting its own answer or error."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.pending: list[tuple[dict, asyncio.Future]] = []
+
+    async def submit(self, query: dict) -> dict:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((query, fut))
+        return await fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        try:
+            results = self.engine.recommend_many([q for q, _ in batch])
+        except Exception as e:  # noqa: BLE001 - a bug: every waiting request gets it (as a 500)
+            results = [e] * len(batch)
+        for (_, fut), r in zip(batch, results):
+            if fut.done():  # the client went away
+                continue
+            if isinstance(r, Exception):
+                fut.set_exception(r)
+            else:
+                fut.set_result(r)
+
+
 def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = False,
                protect_reads: bool = False, max_body: int = MAX_BODY) -> FastAPI:
     """The service app. ``api_key`` guards writes (and reads with ``protect_reads``); with no key,
@@ -151,6 +184,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
                   description="Recommendations made by language models, with a durable feedback loop.")
     app.add_middleware(BodyLimit, max_bytes=max_body)
     app.state.engine = engine
+    batcher = _Batcher(engine)
     writes = "key" if api_key else ("open" if insecure else "disabled")
 
     def check_key(request: Request) -> None:
@@ -225,13 +259,14 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     async def recommend(req: RecommendIn) -> Response:
         """Top-k for a `user_id`, a `history` (item ids) or a free `text`; the same `{"items": [...]}`
         shape as `llmrec recommend --json`."""
-        def run():
-            return _json(engine.recommend(user_id=req.user_id, history=req.history, text=req.text, k=req.k,
-                                          filters=req.filters, exclude=req.exclude,
-                                          exclude_seen=req.exclude_seen, explain=req.explain))
-        # scoring a user or a history takes about a millisecond: inline, no thread hop. Encoding a text
-        # (a language model) and explaining take longer and go to the thread pool.
-        return await run_in_threadpool(run) if req.text is not None or req.explain else run()
+        query = dict(user_id=req.user_id, history=req.history, text=req.text, k=req.k, filters=req.filters,
+                     exclude=req.exclude, exclude_seen=req.exclude_seen, explain=req.explain)
+        # Encoding a text (a language model) and explaining take milliseconds: the thread pool. Scoring a
+        # user or a history takes a fraction of one: on the event loop, batched with the requests that
+        # arrived at the same time.
+        if req.text is not None or req.explain:
+            return _json(await run_in_threadpool(lambda: engine.recommend(**query)))
+        return _json(await batcher.submit(query))
 
     @app.get("/items/{item_id}", dependencies=Read)
     def get_item(item_id: Annotated[str, Path(max_length=MAX_ID)]) -> Response:
@@ -296,4 +331,8 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     # the cyclic collector, whose full passes over them otherwise pause requests for tens of ms.
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # asyncio's own loop, not uvloop: /recommend scores inline (about half a millisecond without yielding),
+    # and with handlers that hold the loop uvloop serves the waiting connections unevenly. Measured with
+    # a handler that only spins 0.4 ms, 32 connections: p99 85 ms under uvloop, 18 ms under asyncio, at
+    # the same throughput (p50 16 ms in both).
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, loop="asyncio")

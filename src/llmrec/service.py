@@ -17,6 +17,7 @@ Other models still get new items in their catalogue (they score them 0) and refu
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import threading
 import time
@@ -41,6 +42,19 @@ MAX_ID = 256
 MAX_FIELD = 10_000
 MAX_FILTER_VALUES = 50
 EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass
+class _Query:
+    """One validated user / history query: its history and excluded items (internal indices), k, the
+    filter mask, the answer's leading fields, and the key of the queries that can be scored with it."""
+
+    hist: np.ndarray
+    excl: np.ndarray
+    k: int
+    mask: np.ndarray | None
+    head: dict
+    group: tuple
 
 
 class Unsupported(LLMRecError):
@@ -169,40 +183,77 @@ class Engine:
                   exclude: list | None = None, exclude_seen: bool = True, explain: bool = False) -> dict:
         """Top-k for a known user, a raw history (item ids) or a free text, as ``{"items": [...]}``
         records (item_id, score, title, explanation) like ``llmrec recommend --json``."""
+        result = self.recommend_many([dict(user_id=user_id, history=history, text=text, k=k, filters=filters,
+                                           exclude=exclude, exclude_seen=exclude_seen, explain=explain)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def recommend_many(self, queries: list[dict]) -> list[dict | Exception]:
+        """Several ``recommend`` calls (keyword dicts) answered together: the user / history queries that
+        share exclude_seen, filters and explain are scored in one model call (one matrix product for all
+        instead of one per query). Each query gets its own result, or the error its call would raise."""
+        out: list[dict | Exception | None] = [None] * len(queries)
+        groups: dict[tuple, list[tuple[int, _Query]]] = {}
+        with self._model_lock:
+            model = self.model
+            for i, q in enumerate(queries):
+                try:
+                    prepared = self._prepare(**q)
+                except LLMRecError as e:
+                    out[i] = e
+                    continue
+                if isinstance(prepared, dict):  # a text query, already answered
+                    out[i] = prepared
+                else:
+                    groups.setdefault(prepared.group, []).append((i, prepared))
+            for (exclude_seen, _, explain), members in groups.items():
+                qs = [p for _, p in members]
+                try:
+                    recs = model.recommend_indices([p.hist for p in qs], max(p.k for p in qs),
+                                                   exclude_seen=exclude_seen, candidates=qs[0].mask,
+                                                   explain=explain, exclude_rows=[p.excl for p in qs])
+                except Exception as e:  # noqa: BLE001 - the error belongs to these queries' answers
+                    for i, _ in members:
+                        out[i] = e
+                    continue
+                for row, (i, p) in enumerate(members):
+                    out[i] = {**p.head, "model": model.name, "items": recs.records(model.catalog, row)[:p.k]}
+        return out
+
+    def _prepare(self, *, user_id=None, history=None, text=None, k=10, filters=None, exclude=None,
+                 exclude_seen=True, explain=False) -> _Query | dict:
+        """Validate one query; a text query is answered here (its own model call), others come back as a
+        ``_Query`` to be scored with the rest of their group. Call with the model lock held."""
         given = [n for n, v in (("user_id", user_id), ("history", history), ("text", text)) if v is not None]
         if len(given) != 1:
             raise field_error("user_id", "give exactly one of user_id, history or text"
                               + (f" (got {', '.join(given)})" if given else ""))
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise field_error("k", f"k must be an integer from 1 to {MAX_K}, got {k!r}")
-        with self._model_lock:
-            model, cat = self.model, self.model.catalog
-            mask = self._filter_mask(filters) if filters else None
-            excl = self._indices(exclude, "exclude") if exclude else EMPTY
-            out: dict = {}
-            if text is not None:
-                if not isinstance(text, str) or not text.strip():
-                    raise field_error("text", "text must be a non-empty string")
-                if len(text) > MAX_TEXT:
-                    raise field_error("text", f"text is longer than {MAX_TEXT} characters")
-                recs = self._recommend_text(text, k, excl, mask, explain)
-            else:
-                if user_id is not None:
-                    hist = self._user_history(str(user_id))
-                    dis = self._disliked.get(str(user_id))
-                    if dis:
-                        excl = np.union1d(excl, np.fromiter(dis, dtype=np.int64))
-                    out["user_id"] = str(user_id)
-                else:
-                    if len(history) > MAX_HISTORY:
-                        raise field_error("history", f"history holds more than {MAX_HISTORY} items")
-                    hist = self._indices(history, "history")
-                exclude_ids = list(cat.ids.ids(excl)) if len(excl) else None
-                recs = model.recommend_indices([hist], k, exclude_seen=bool(exclude_seen),
-                                               exclude=exclude_ids, candidates=mask, explain=explain)
-            out["model"] = model.name
-            out["items"] = recs.records(cat)
-            return out
+        mask = self._filter_mask(filters) if filters else None
+        excl = self._indices(exclude, "exclude") if exclude else EMPTY
+        if text is not None:
+            if not isinstance(text, str) or not text.strip():
+                raise field_error("text", "text must be a non-empty string")
+            if len(text) > MAX_TEXT:
+                raise field_error("text", f"text is longer than {MAX_TEXT} characters")
+            recs = self._recommend_text(text, k, excl, mask, explain)
+            return {"model": self.model.name, "items": recs.records(self.model.catalog)}
+        head: dict = {}
+        if user_id is not None:
+            hist = self._user_history(str(user_id))
+            dis = self._disliked.get(str(user_id))
+            if dis:
+                excl = np.union1d(excl, np.fromiter(dis, dtype=np.int64))
+            head["user_id"] = str(user_id)
+        else:
+            if len(history) > MAX_HISTORY:
+                raise field_error("history", f"history holds more than {MAX_HISTORY} items")
+            hist = self._indices(history, "history")
+        group = (bool(exclude_seen), json.dumps(filters, sort_keys=True, default=str) if filters else "",
+                 bool(explain))
+        return _Query(hist, excl, k, mask, head, group)
 
     def _recommend_text(self, text, k, excl, mask, explain):
         m, cat = self.model, self.model.catalog

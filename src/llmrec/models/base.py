@@ -124,11 +124,15 @@ class Recommender(ABC):
 
     def recommend_indices(self, hist: list[np.ndarray], k: int, exclude_seen: bool = True,
                           exclude: list | None = None, candidates: np.ndarray | None = None,
-                          explain: bool = False) -> Recommendations:
+                          explain: bool = False, exclude_rows: list[np.ndarray] | None = None) -> Recommendations:
+        """``recommend`` on internal histories; ``exclude_rows``: per query, internal indices never to
+        return (on top of ``exclude``, which holds for every query)."""
         scores = np.asarray(self.score_histories(hist), dtype=np.float32).copy()
         if exclude_seen:
             for b, h in enumerate(hist):
                 scores[b, h] = -np.inf
+        for b, e in enumerate(exclude_rows or ()):
+            scores[b, e] = -np.inf
         if exclude:
             scores[:, self.catalog.ids.indices(exclude)] = -np.inf
         if candidates is not None:

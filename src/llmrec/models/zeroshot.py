@@ -184,8 +184,10 @@ class ZeroShot(Recommender):
         return vindex.similarity(vecs, self.item_vectors, self.config.metric)
 
     # -- ranking ----------------------------------------------------------------------------------------
-    def recommend_indices(self, hist, k, exclude_seen=True, exclude=None, candidates=None, explain=False):
-        return self._rank(self.user_vectors(hist), hist, k, exclude_seen, exclude, candidates, explain)
+    def recommend_indices(self, hist, k, exclude_seen=True, exclude=None, candidates=None, explain=False,
+                          exclude_rows=None):
+        return self._rank(self.user_vectors(hist), hist, k, exclude_seen, exclude, candidates, explain,
+                          exclude_rows=exclude_rows)
 
     def recommend_text(self, texts: list[str], k: int = 10, histories: list[list] | None = None,
                        exclude_seen: bool = True, exclude: list | None = None,
@@ -209,11 +211,13 @@ class ZeroShot(Recommender):
             vecs[has] = w * vecs[has] + (1 - w) * hv[has]
         return self._rank(vecs, hist, k, exclude_seen, exclude, candidates, explain, profiles=texts)
 
-    def _rank(self, vecs, hist, k, exclude_seen, exclude, candidates, explain, profiles=None):
+    def _rank(self, vecs, hist, k, exclude_seen, exclude, candidates, explain, profiles=None, exclude_rows=None):
         excl = [np.asarray(h, np.int64) if exclude_seen else np.zeros(0, np.int64) for h in hist]
         if exclude:
             extra = self.catalog.ids.indices(exclude)
             excl = [np.concatenate([e, extra]) for e in excl]
+        if exclude_rows is not None:
+            excl = [np.concatenate([e, np.asarray(r, np.int64)]) for e, r in zip(excl, exclude_rows)]
         if self.config.index != "exact" and candidates is None:
             ids, top = self.index.search(vecs, k, exclude=excl)
         else:
