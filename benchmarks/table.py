@@ -31,6 +31,9 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
     for r in rows:
         m = r["metrics"]
         notes = [r["notes"]] if r.get("notes") else []
+        if r.get("config", {}).get("decoding") == "exhaustive":
+            notes.append("decoding=exhaustive: every item scored by its code's log-probability, no beam search "
+                         "(invalid items impossible)")
         if "users_sample" in r:
             us = r["users_sample"]
             notes.append(f"fixed random sample of {us['size']} of {us['of_test_users']} users (seed {us['seed']})")
