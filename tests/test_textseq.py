@@ -59,3 +59,21 @@ def test_unknown_encoder_is_named(tiny):
         models.get("textseq", {**FAST, "encoder": "nope", "epochs": 1}).fit(tiny, progress=False)
     with pytest.raises(ConfigError, match="'text_model'"):
         models.get("textseq", {"text_model": "x"})
+
+
+def test_training_keeps_its_thread_count(tiny, tiny_split):
+    """Encoding item text (which uses several threads) must not leave training on more than `threads`."""
+    import torch
+    before = torch.get_num_threads()
+    seen = []
+    m = models.get("textseq", encoder="minilm", threads=1, epochs=1, embedding_size=16, max_length=10)
+    real = m._item_module
+
+    def spy(data, n_items):
+        out = real(data, n_items)
+        seen.append(torch.get_num_threads())
+        return out
+    m._item_module = spy
+    m.fit(tiny, tiny_split, progress=False)
+    torch.set_num_threads(before)
+    assert seen == [1]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LLMRecError, UnknownNameError
+from .lm import torch_threads
 
 
 class Encoder(ABC):
@@ -143,11 +144,10 @@ class SentenceTransformerEncoder(Encoder):
         self.tokenizer = self.model.tokenizer
 
     def _encode_batch(self, texts, kind):
-        import torch
-        torch.set_num_threads(_threads())
         n_tok = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
-        vecs = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
-                                 normalize_embeddings=False, show_progress_bar=False)
+        with torch_threads(_threads()):  # restored after: a caller's training keeps its own thread count
+            vecs = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True,
+                                     normalize_embeddings=False, show_progress_bar=False)
         return np.asarray(vecs, np.float32), np.array(n_tok) > self.max_tokens
 
 
@@ -288,11 +288,10 @@ class CausalLMEncoder(Encoder):
 
     def _encode_batch(self, texts, kind):
         torch = self.torch
-        torch.set_num_threads(_threads())
         full = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(_threads()):
             hidden = self.model(**batch).last_hidden_state.numpy()
         return (mean_pool(hidden, batch["attention_mask"].numpy()),
                 np.array([len(f) > self.max_tokens for f in full]))
