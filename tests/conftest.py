@@ -16,6 +16,21 @@ def tiny_split(tiny):
 
 
 @pytest.fixture(scope="session")
+def beats_popularity(tiny, tiny_split):
+    """check(model) -> the model's metrics on ``tiny``'s test split, after asserting that its NDCG@10 beats
+    popularity's by a clear margin (more than twice it, plus 0.05): the learning floor of trained models."""
+    from llmrec import evaluate, models
+    pop = models.get("popular").fit(tiny, tiny_split, progress=False)
+    base = evaluate.evaluate(pop, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False).metrics
+
+    def check(model) -> dict:
+        ours = evaluate.evaluate(model, tiny_split, tiny.n_users, tiny.n_items, ks=(10,), progress=False).metrics
+        assert ours["NDCG@10"] > 2 * base["NDCG@10"] + 0.05, (ours, base)
+        return ours
+    return check
+
+
+@pytest.fixture(scope="session")
 def checkerboard():
     """implicit's contract data: 50 users x 50 items, user u likes items of u's parity; for each user one
     liked item is withheld as the last interaction and must come back first."""
