@@ -27,6 +27,9 @@ CONTRACT: dict[str, tuple[dict, float]] = {
     "textseq": (dict(encoder="hash", embedding_size=32, max_length=20, epochs=12, batch_size=64,
                      learning_rate=5e-3, dropout=0.1, threads=1), 0.45),
     "tuned-encoder": (dict(epochs=1, steps_per_epoch=2, batch_size=8, eval_users=50, threads=1), 0.05),
+    "ensemble": (dict(members=["sasrec", "itemknn"], fusion="zscore",
+                      configs=[dict(embedding_size=32, max_length=20, epochs=12, batch_size=64,
+                                    learning_rate=5e-3, dropout=0.1, threads=1), {}]), 0.45),
 }
 SLOW = {"titlegen", "tuned-encoder"}  # contract runs that take minutes on a CPU: marked slow, still run in CI
 
@@ -101,6 +104,15 @@ def test_explain_gives_one_entry_per_item(fitted, tiny):
     recs = m.recommend(users=[tiny.users.id(0)], k=4, explain=True)
     assert len(recs.explanations[0]) == 4
     assert all(isinstance(e, dict) for e in recs.explanations[0])
+
+
+def test_explanations_name_each_history_item_once(fitted, tiny):
+    _, m = fitted
+    h = list(tiny.catalog.ids.ids(tiny.histories()[0][:4]))
+    recs = m.recommend(histories=[h + h], k=3, explain=True)  # every item seen twice
+    for e in recs.explanations[0]:
+        because = [b["item_id"] for b in e.get("because", [])]
+        assert len(because) == len(set(because)), e
 
 
 def test_unknown_user_and_item_name_the_problem(fitted):

@@ -54,7 +54,8 @@ def set_threads(n: int) -> None:
 @dataclass
 class LoopResult:
     """What the loop did: per-epoch rows ({epoch, loss, valid_ndcg10, seconds}), the best epoch and score,
-    whether it stopped early, and the mean seconds per training epoch (validation excluded)."""
+    whether it stopped early, and the mean and total seconds of training epochs (validation excluded; the
+    total counts every call of a resumed run)."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -73,6 +74,7 @@ class LoopResult:
                 "best_valid_ndcg10": round(self.best_score, 4) if math.isfinite(self.best_score) else None,
                 "stopped_early": self.stopped_early, "out_of_time": self.out_of_time,
                 "seconds_per_epoch": round(self.seconds_per_epoch, 2),
+                "train_seconds": round(sum(r["train_seconds"] for r in self.history), 1),
                 "resumed_from_epoch": self.resumed_from}
 
 

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "sasrec": "llmrec.models.sasrec:SASRec",
     "textseq": "llmrec.models.textseq:TextSeq",
     "tuned-encoder": "llmrec.models.tuned:TunedEncoder",
+    "ensemble": "llmrec.models.ensemble:Ensemble",
 }
 
 

@@ -73,7 +73,7 @@ class ItemKNN(Recommender):
             if i >= self.sim.shape[0] or len(history) == 0:
                 out.append({"because": []})
                 continue
-            h = history[history < self.sim.shape[0]]
+            h = np.unique(history[history < self.sim.shape[0]])  # an item seen twice is one reason
             s = np.asarray(self.sim[h][:, [i]].todense()).ravel()
             top = np.argsort(-s, kind="stable")[:3]
             top = [j for j in top if s[j] > 0]

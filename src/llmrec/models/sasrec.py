@@ -8,6 +8,10 @@ vector does not depend on how much padding the batch needed. The user vector is 
 hidden state [b, d]; scores are its dot products with the item table [n_items, d] (tied with the input
 embeddings).
 
+``block`` picks the layer: ``transformer`` (SASRec's pre-norm self-attention + feed-forward) or ``hstu``
+(HSTU's gated pointwise attention with a relative position bias), which on ml-1m learns faster per
+epoch and per second.
+
 ``SequentialRecommender`` holds everything but the item table, so the text-based model (textseq.py)
 reuses it and only says how item vectors are made.
 """
@@ -35,6 +39,7 @@ class SASRecConfig:
     embedding_size: int = 64
     num_blocks: int = 2
     num_heads: int = 1
+    block: Literal["transformer", "hstu"] = "transformer"  # hstu: gated pointwise attention (HSTU, 2024)
     max_length: int = 200
     windows: int = 1            # training windows of max_length + 1 items per user, newest first (0 = all)
     dropout: float = 0.2
@@ -81,15 +86,53 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
+class HSTUBlock(nn.Module):
+    """The HSTU layer (Zhai et al., ICML 2024, "Actions speak louder than words"): one projection gives
+    gate u, values v, queries q and keys k (SiLU); attention weights are SiLU(q.k + relative position
+    bias) / max_length with no softmax, so they keep the intensity of the history rather than a
+    distribution over it; the output is LayerNorm(attention values) gated by u. No separate feed-forward.
+    The bias here is by distance only (no timestamps: a history is a list of items)."""
+
+    def __init__(self, d: int, heads: int, dropout: float, max_length: int):
+        super().__init__()
+        if d % heads:
+            raise LLMRecError(f"embedding_size {d} must be divisible by num_heads {heads}")
+        self.heads, self.max_length = heads, max_length
+        self.ln = nn.LayerNorm(d)
+        self.uvqk = nn.Linear(d, 4 * d)
+        nn.init.normal_(self.uvqk.weight, std=0.02)
+        nn.init.zeros_(self.uvqk.bias)
+        self.rel = nn.Parameter(torch.randn(heads, max_length) * 0.02)  # bias by distance i - j
+        self.ln_av = nn.LayerNorm(d)
+        self.out = nn.Linear(d, d)
+        nn.init.xavier_uniform_(self.out.weight)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x float [b, T, d]; mask bool [b, 1, T, T] (True = may attend)."""
+        b, t, d = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.ln(x))).split(d, dim=-1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        idx = torch.arange(t, device=x.device)
+        dist = (idx[:, None] - idx[None, :]).clamp(0, self.max_length - 1)
+        w = F.silu(q @ k.transpose(-1, -2) + self.rel[:, dist]) * (mask / self.max_length)
+        av = (w @ v).transpose(1, 2).reshape(b, t, d)
+        return x + self.out(self.drop(self.ln_av(av) * u))
+
+
 class SeqEncoder(nn.Module):
     """Item vectors [n_items, d] (from ``item_table``) -> user vectors: causal transformer over history."""
 
-    def __init__(self, d: int, max_length: int, blocks: int, heads: int, dropout: float):
+    def __init__(self, d: int, max_length: int, blocks: int, heads: int, dropout: float,
+                 block: str = "transformer"):
         super().__init__()
         self.d = d
         self.pos = nn.Embedding(max_length, d)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d, heads, dropout) for _ in range(blocks))
+        if block == "hstu":
+            self.blocks = nn.ModuleList(HSTUBlock(d, heads, dropout, max_length) for _ in range(blocks))
+        else:
+            self.blocks = nn.ModuleList(Block(d, heads, dropout) for _ in range(blocks))
         self.ln = nn.LayerNorm(d)
 
     def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -172,7 +215,7 @@ class SequentialRecommender(Recommender):
     def _build(self, data, n_items: int) -> None:
         c = self.config
         self.n_trained_items = n_items
-        enc = SeqEncoder(c.embedding_size, c.max_length, c.num_blocks, c.num_heads, c.dropout)
+        enc = SeqEncoder(c.embedding_size, c.max_length, c.num_blocks, c.num_heads, c.dropout, c.block)
         self.net = Net(self._item_module(data, n_items), enc).to(self.device)
 
     def _fit(self, data, train, split, progress) -> None:
@@ -268,7 +311,7 @@ class SequentialRecommender(Recommender):
         """The history items whose vectors are most similar (cosine) to each recommended item."""
         table = F.normalize(self.item_vectors(), dim=-1).cpu().numpy()
         h = np.asarray(history, dtype=np.int64)
-        h = h[h < len(table)][-self.config.max_length:]
+        h = np.unique(h[h < len(table)][-self.config.max_length:])  # an item seen twice is one reason
         titles = self.catalog.titles()
         out = []
         for i in items:
@@ -294,13 +337,17 @@ class SequentialRecommender(Recommender):
                 "history": [{k: v for k, v in row.items()} for row in r.history]}
 
     def _save_extra(self, folder: Path) -> None:
-        """History and curve beside the weights; the resume state is carried into the new folder."""
+        """History and curve beside the weights; the resume state (and, for a model loaded from its
+        checkpoint folder, its history and curve) carried into the new folder."""
+        folder = Path(folder)
         if getattr(self, "result", None) is not None:
             training.write_history(self.result, folder, f"{self.name}")
-        resume = Path(self.checkpoint_dir) / training.RESUME_FILE if self.checkpoint_dir else None
-        if resume is not None and resume.exists():
+        src = Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        if src is not None:
             import shutil
-            shutil.copy2(resume, Path(folder) / training.RESUME_FILE)
+            for name in (training.RESUME_FILE, training.HISTORY_FILE, training.CURVE_FILE):
+                if (src / name).exists() and not (folder / name).exists():
+                    shutil.copy2(src / name, folder / name)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}
