@@ -42,6 +42,10 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
                          f"{r.get('invalid_rate_unconstrained', float('nan')):.3f})")
         if r.get("stopped_by_time_budget"):
             notes.append("training cut by its time budget")
+        workers = [m["worker_peak_memory_mb"] for m in r.get("members", []) if "worker_peak_memory_mb" in m]
+        if workers:
+            notes.append(f"members trained in {len(workers)} worker processes, peak MB "
+                         + " / ".join(f"{w:.0f}" for w in workers))
         if r.get("note"):
             notes.append("see `note` in its JSON")
         notes = "; ".join(notes)
