@@ -131,3 +131,12 @@ def test_hstu_block_learns_is_causal_and_ignores_padding(tiny, tiny_split, beats
     alone = m.score_histories([h])[0]
     padded = m.score_histories([h, np.arange(1, 15)])[0]
     np.testing.assert_allclose(alone, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_training_states_from_before_the_block_option_still_resume(tiny):
+    """A default-layer fingerprint leaves `block` out (states written before the option resume); an hstu
+    one names it (an hstu run never resumes a transformer state)."""
+    plain = models.get("sasrec", FAST)._fingerprint(tiny)
+    hstu = models.get("sasrec", {**FAST, "block": "hstu"})._fingerprint(tiny)
+    assert "block" not in plain and hstu["block"] == "hstu"
+    assert {k: v for k, v in hstu.items() if k != "block"} == plain

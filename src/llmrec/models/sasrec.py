@@ -205,9 +205,14 @@ class SequentialRecommender(Recommender):
     # config keys a resumed run may change: they do not change what a finished epoch computed
     RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
 
+    # keys added after training states were first written, with the value those states were trained with:
+    # left out of the fingerprint at that value, so older training states still resume
+    LATER_KEYS = {"block": "transformer"}
+
     def _fingerprint(self, data) -> dict:
         free = [k for k in self.RESUMABLE_CHANGES if not (k == "epochs" and self.config.lr_schedule != "constant")]
-        cfg = {k: v for k, v in to_dict(self.config).items() if k not in free}
+        cfg = {k: v for k, v in to_dict(self.config).items()
+               if k not in free and not (k in self.LATER_KEYS and v == self.LATER_KEYS[k])}
         return {"model": self.name, **cfg, "dataset": data.name, "n_items": data.n_items,
                 "n_users": data.n_users}
 
