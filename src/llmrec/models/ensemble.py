@@ -142,27 +142,24 @@ class Ensemble(Recommender):
                     futs = [ex.submit(_train_member, n, cfg, data, split, str(f), True) for (n, cfg), f in
                             zip(jobs, folders)]
                     results = [fu.result() for fu in futs]
-                    if progress:
-                        for r in results:
-                            print(f"ensemble: {r['info']['model']} trained in {r['info']['fit_seconds']:.0f}s")
-                self.members = [load_model(f) for f in folders]
-                if self.checkpoint_dir is not None:  # keep each member's training state when saved
-                    for m, f in zip(self.members, folders):
-                        m.checkpoint_dir = f
+                if progress:
+                    for r in results:
+                        print(f"ensemble: {r['info']['model']} trained in {r['info']['fit_seconds']:.0f}s")
             else:
                 results = []
                 for (n, cfg), f in zip(jobs, folders):
                     results.append(_train_member(n, cfg, data, split, None if f is None else str(f)))
                     if progress:
                         print(f"ensemble: {n} trained in {results[-1]['info']['fit_seconds']:.0f}s")
-                self.members = [r["model"] if r["model"] is not None else load_model(f)
-                                for r, f in zip(results, folders)]
-                for m, f in zip(self.members, folders):
-                    if f is not None:  # keep each member's training state when saved
-                        m.checkpoint_dir = f
+            # a member saved to a folder comes back from it (as a loaded checkpoint would)
+            self.members = [r["model"] if r["model"] is not None else load_model(f)
+                            for r, f in zip(results, folders)]
         finally:
             if tmp is not None:
                 tmp.cleanup()
+        if self.checkpoint_dir is not None:  # keep each member's training state when saved
+            for m, f in zip(self.members, folders):
+                m.checkpoint_dir = f
         self.member_info = [r["info"] for r in results]
         for m in self.members:
             m.set_histories(self._histories)
@@ -186,9 +183,7 @@ class Ensemble(Recommender):
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         self._check_fitted()
-        total = None
-        for w, s in zip(self._weights(), self.member_scores(histories)):
-            total = w * s if total is None else total + w * s
+        total = sum(w * s for w, s in zip(self._weights(), self.member_scores(histories)))
         return total.astype(np.float32)
 
     def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
