@@ -51,3 +51,21 @@ def test_temporal_needs_timestamps():
     ds = build_dataset("t", pd.DataFrame({"user_id": ["a"] * 3, "item_id": ["1", "2", "3"]}))
     with pytest.raises(DataError, match="no timestamps"):
         split.temporal(ds)
+
+
+def test_untimed_data_is_split_in_a_seeded_random_order_not_file_order():
+    # 200 users, each with items written in sorted id order and no timestamps (Book-Crossing's ISBN order):
+    # by file order every test target would be the user's largest id
+    rows = [(f"u{u}", f"i{j:03d}") for u in range(200) for j in range(u % 7, u % 7 + 6)]
+    ds = build_dataset("t", pd.DataFrame(rows, columns=["user_id", "item_id"]))
+    sp = split.leave_one_out(ds)
+    assert "no timestamps" in sp.protocol and "seed 0" in sp.protocol
+    hist = sp.test_context.histories(ds.n_users)
+    largest = [sp.test_items[j] > hist[u].max() for j, u in enumerate(sp.test_users)]
+    assert 0.05 < np.mean(largest) < 0.4  # about 1 in 6 by chance, never all
+    again = split.leave_one_out(ds)
+    assert np.array_equal(sp.test_items, again.test_items) and np.array_equal(sp.valid_items, again.valid_items)
+    other = split.leave_one_out(ds, seed=1)
+    assert not np.array_equal(sp.test_items, other.test_items)
+    # the train histories follow the same random order the targets came from
+    assert len(sp.train) + 2 * len(sp.test_users) == len(ds.interactions)

@@ -13,6 +13,15 @@ PROTOCOL = ("leave-one-out by time (stable: ties keep file order; last = test, s
             "rest = train; users with < 3 interactions stay in train only); full ranking over all items "
             "with at least one interaction; items in the user's history excluded; metrics averaged over "
             "evaluation users")
+UNTIMED = ("the data has no timestamps, so each user's interactions are put in a seeded random order (seed {seed}) "
+           "instead of file order, which can be sorted by item id and would leak the held-out item; then ")
+
+
+def random_order(inter: Interactions, seed: int = 0) -> Interactions:
+    """``inter`` with each interaction's timestamp replaced by its rank in one seeded random permutation:
+    every user's history then follows a random order, the same for every model and every run."""
+    ts = np.random.default_rng(seed).permutation(len(inter)).astype(np.float64)
+    return Interactions(inter.user, inter.item, ts, inter.value, inter.event)
 
 
 @dataclass
@@ -34,10 +43,17 @@ class Split:
     protocol: str
 
 
-def leave_one_out(ds: Dataset) -> Split:
+def leave_one_out(ds: Dataset, seed: int = 0) -> Split:
+    """Each user's last interaction by time is the test target, the one before it the validation target.
+    Data without timestamps is ordered per user at random (``seed``), never by file order; the
+    split's ``protocol`` says which."""
     inter = ds.interactions
     if len(inter) == 0:
         raise DataError(f"data set {ds.name!r} has no interactions to split")
+    protocol = PROTOCOL
+    if not inter.has_time:
+        inter = random_order(inter, seed)
+        protocol = UNTIMED.format(seed=seed) + PROTOCOL
     order = inter.time_order()
     users = inter.user[order]
     # position of each interaction within its user's time-ordered history, counted from the end
@@ -53,7 +69,7 @@ def leave_one_out(ds: Dataset) -> Split:
     return Split(train=inter.subset(train_idx), test_context=inter.subset(np.sort(order[~is_test])),
                  valid_users=users[is_valid], valid_items=inter.item[order][is_valid],
                  test_users=users[is_test], test_items=inter.item[order][is_test],
-                 protocol=PROTOCOL)
+                 protocol=protocol)
 
 
 def temporal(ds: Dataset, test_fraction: float = 0.1, valid_fraction: float = 0.1) -> Split:
