@@ -34,7 +34,8 @@ def engine(ds, tmp_path):
 
 @pytest.fixture
 def client(engine):
-    return TestClient(create_app(engine, api_key=KEY))
+    """Sends the key: user data and writes need it (each auth test makes its own clients)."""
+    return TestClient(create_app(engine, api_key=KEY), headers=AUTH)
 
 
 # -- the engine, no HTTP ---------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_item_endpoints(client):
     r = client.put("/items/z9", json={"title": "一部新的科幻电影", "genres": "Sci-Fi"}, headers=AUTH)
     assert r.status_code == 200 and r.json()["created"] is True
     assert client.get("/items/z9").json()["title"] == "一部新的科幻电影"
-    r = client.put("/items/z9", json={"title": "renamed"}, headers=AUTH)
+    r = client.put("/items/z9", json={"title": "renamed", "genres": "Sci-Fi"}, headers=AUTH)
     assert r.json()["created"] is False and client.get("/items/z9").json()["title"] == "renamed"
     # itemknn scores items added after fitting 0, but they are in the catalogue at once
     r = client.post("/recommend", json={"history": ["s0"], "k": 5, "filters": {"genres": "sci-fi"},
@@ -190,7 +191,7 @@ def test_bad_batch_stores_nothing(client, engine):
 
 def test_delete_user_forgets_everything(ds, tmp_path):
     e = make_engine(ds, tmp_path / "s")
-    c = TestClient(create_app(e, api_key=KEY))
+    c = TestClient(create_app(e, api_key=KEY), headers=AUTH)
     secret = "alice-secret-7431"
     c.post("/events", headers=AUTH, json=[{"user_id": secret, "item_id": i, "type": "like"}
                                           for i in ("s1", "s2", "s3")])
@@ -230,7 +231,21 @@ def test_auth(engine):
     assert keyed.delete("/users/u0").status_code == 401
     assert keyed.put("/items/q", json={"title": "t"}).status_code == 401
     assert keyed.post("/retrain").status_code == 401
-    assert keyed.post("/recommend", json={"user_id": "u0"}).status_code == 200  # reads open by default
+    # user data needs the key by default; recommendations for a history or a text, and items, do not
+    assert keyed.post("/recommend", json={"user_id": "u0"}).status_code == 401
+    assert keyed.post("/recommend", json={"user_id": "u0"}, headers=AUTH).status_code == 200
+    for path in ("/users", "/users/u0/history", "/users/u0/events"):
+        assert keyed.get(path).status_code == 401, path
+        assert keyed.get(path, headers=AUTH).status_code == 200, path
+    assert keyed.post("/recommend", json={"history": ["s1"]}).status_code == 200
+    assert keyed.get("/items/s1").status_code == 200 and keyed.get("/health").json()["user_data"] == "key"
+    public = TestClient(create_app(engine, api_key=KEY, public_user_data=True))
+    assert public.get("/users").status_code == 200 and public.get("/users/u0/events").status_code == 200
+    assert public.post("/events", json=ev).status_code == 401, "public user data does not open writes"
+    unkeyed = TestClient(create_app(engine, insecure=True))  # no key: user data closed, not open
+    r = unkeyed.get("/users")
+    assert r.status_code == 403 and "--public-user-data" in r.json()["error"]
+    assert unkeyed.post("/recommend", json={"user_id": "u0"}).status_code == 403
     closed = TestClient(create_app(engine))  # no key, not insecure: writes refused
     r = closed.post("/events", json=ev, headers=AUTH)
     assert r.status_code == 403 and "LLMREC_API_KEY" in r.json()["error"]
@@ -238,6 +253,13 @@ def test_auth(engine):
     guarded = TestClient(create_app(engine, api_key=KEY, protect_reads=True))
     assert guarded.post("/recommend", json={"user_id": "u0"}).status_code == 401
     assert guarded.post("/recommend", json={"user_id": "u0"}, headers=AUTH).status_code == 200
+    assert guarded.post("/recommend", json={"history": ["s1"]}).status_code == 401
+    assert guarded.get("/items/s1").status_code == 401 and guarded.get("/health").json()["reads"] == "key"
+    # --protect-reads without a key would leave every read open: refused, not a silent no-op
+    with pytest.raises(LLMRecError, match="needs an API key"):
+        create_app(engine, protect_reads=True)
+    with pytest.raises(LLMRecError, match="needs an API key"):
+        create_app(engine, insecure=True, protect_reads=True)
 
 
 # -- bad input: all 4xx, a message naming the field, and healthy afterwards ------------------------------
@@ -308,7 +330,8 @@ def test_bad_input_all_4xx_then_healthy(client, engine):
                                      content=iter([b"[" + b" " * 65536] * 40))),
         ("NaN", client.post("/events", content=b'{"user_id":"u0","item_id":"s1","type":"rating","value":NaN}',
                             headers={**AUTH, "content-type": "application/json"})),
-        ("no key", client.post("/events", json={"user_id": "u0", "item_id": "s1", "type": "like"})),
+        ("no key", client.post("/events", json={"user_id": "u0", "item_id": "s1", "type": "like"},
+                               headers={"Authorization": ""})),
         ("bad item put", client.put("/items/q", json={"title": 5.5, "colour": "red"}, headers=AUTH)),
         ("empty item", client.put("/items/q", json={}, headers=AUTH)),
         ("unknown item", client.get("/items/does-not-exist")),
@@ -421,7 +444,8 @@ def test_concurrent_http_requests_are_batched_and_answered_alike(engine):
     engine.recommend_many = lambda qs: calls.append(len(qs)) or many(qs)
 
     async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                     headers=AUTH) as c:
             return await asyncio.gather(*(c.post("/recommend", json=q) for q in _queries()))
     responses = asyncio.run(go())
     assert max(calls) > 1, calls  # at least some requests were scored together

@@ -37,6 +37,7 @@ def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
     acked: list[str] = []   # event ids whose request returned 2xx
     sent: list[str] = []
     lock = threading.Lock()
+    owner: dict[str, str] = {}  # event id -> its user (event ids are unique per user)
     stop = threading.Event()
     items = [f"{t}{j}" for t in "scg" for j in range(12)]
 
@@ -51,6 +52,7 @@ def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
                 n += batch
                 with lock:
                     sent.extend(e["event_id"] for e in evs)
+                    owner.update((e["event_id"], e["user_id"]) for e in evs)
                 try:
                     r = http.post("/events", json=evs if batch > 1 else evs[0])
                 except httpx.HTTPError:
@@ -91,7 +93,7 @@ def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
             assert set(stored) <= set(sent)
             assert http.get("/health").json()["events"] == len(stored)
             # clients retrying everything they were told was stored: nothing is stored twice
-            r = http.post("/events", json=[{"user_id": "client0-user0", "item_id": "s0", "type": "view",
+            r = http.post("/events", json=[{"user_id": owner[e], "item_id": "s0", "type": "view",
                                             "event_id": e} for e in acked[:500]])
             assert r.json()["stored"] == 0 and r.json()["duplicates"] == min(500, len(acked))
             assert http.get("/health").json()["events"] == len(stored)
@@ -133,7 +135,9 @@ def test_real_server_bad_requests(files, tmp_path):
                        json={"user_id": "u0", "item_id": "s1", "type": "like"})
         assert r.status_code == 403, "no key and no --insecure: writes refused"
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["writes"] == "disabled"
-        assert httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u0"}).status_code == 200
+        assert httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": ["s1"]}).status_code == 200
+        r = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "u0"})
+        assert r.status_code == 403, "no key: user data closed"
     finally:
         proc.kill()
         proc.wait(10)

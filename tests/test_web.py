@@ -17,6 +17,7 @@ from llmrec import service
 from llmrec.server import create_app
 
 pytestmark = pytest.mark.browser
+KEY = "web-test-key"
 CHROMIUM = os.environ.get("LLMREC_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("LLMREC_CHROMEDRIVER", "/usr/bin/chromedriver")
 
@@ -27,8 +28,8 @@ def server(tmp_path_factory):
     engine = service.open_engine(TextKNN().fit(dataset(), progress=False),
                                  tmp_path_factory.mktemp("web-state"), source="topics")
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, insecure=True), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    app = create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1"])
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     url = f"http://127.0.0.1:{port}"
@@ -89,13 +90,19 @@ def test_page_feedback_loop_and_chinese_interests(server, browser):
     url, engine = server
     d = browser
     d.get(url + "/")
+    # user data needs the key: the page asks for it, and lists the users once it is given
+    wait(lambda: ready(d) and "API key" in d.find_element("id", "keyhint").text, what="the page to ask for the key")
+    assert not results(d) and d.find_element("id", "keybox").is_displayed()
+    key = d.find_element("id", "key")
+    key.send_keys(KEY)
+    d.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
     wait(lambda: ready(d) and results(d), what="first recommendations")
     user = d.find_element("id", "user").get_attribute("value")
     assert user == engine.user_ids(1)[0]
     first = results(d)
     assert len(first) == 10
     assert d.find_elements("css selector", "#results li .why"), "explanations shown"
-    assert "writes open" in d.find_element("id", "status").text
+    assert "writes key" in d.find_element("id", "status").text
 
     # dislike the top item: it leaves the list and shows up as disliked
     top = first[0]

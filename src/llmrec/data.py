@@ -101,16 +101,23 @@ class Catalog:
         return [c for c in TEXT_FIELDS if c in self.frame.columns]
 
     def titles(self, idx: Sequence[int] | np.ndarray | None = None) -> list[str]:
-        """Titles (the item id where there is no title column) of ``idx``, or of every item."""
+        """Titles of ``idx``, or of every item: always strings, the item id where an item has no title
+        (no title column, or a missing or blank one)."""
         values = self._title_array()
         return list(values if idx is None else values[np.asarray(idx, dtype=np.int64)])
 
     def _title_array(self) -> np.ndarray:
-        """The title column as strings, built once per frame: results ask for a few titles at a time."""
+        """The titles as strings, built once per frame: results ask for a few titles at a time."""
         cache = self._title_cache
         if cache is None or cache[0] is not self.frame or len(cache[1]) != len(self.frame):
-            col = "title" if "title" in self.frame.columns else "item_id"
-            cache = self._title_cache = (self.frame, self.frame[col].astype(str).to_numpy())
+            ids = self.frame["item_id"].astype(str)
+            if "title" in self.frame.columns:
+                title = self.frame["title"]
+                text = title.astype(object).where(title.notna(), "").astype(str).str.strip()
+                titles = ids.where(text == "", title.astype(object).astype(str))
+            else:
+                titles = ids
+            cache = self._title_cache = (self.frame, titles.to_numpy(dtype=object))
         return cache[1]
 
     def row(self, idx: int) -> dict:

@@ -8,6 +8,9 @@ histories, so a restart loses nothing. ``retrain`` fits the same kind of model o
 
 No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module, the CLI another.
 
+Concurrency: reads (recommendations, text queries) share the model; only swapping it (an item upsert, a
+retrain) waits for them and excludes them, so a slow text query never holds up the others.
+
 Models speak more than the base protocol when they can: a model with ``add_items(rows: DataFrame)`` embeds
 new items' text itself (and updates its ``catalog``); a model with ``recommend_text(text, k, exclude,
 candidates, explain) -> Recommendations`` or a ``recommend(texts=...)`` parameter answers free-text queries.
@@ -19,9 +22,11 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +34,9 @@ import numpy as np
 import pandas as pd
 
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
-from .errors import DataError, LLMRecError, UnknownNameError
+from .errors import ConfigError, DataError, LLMRecError, UnknownNameError
 from .models import Recommender
-from .store import Event, Store, user_hash
+from .store import Event, Store
 
 EVENT_TYPES = ("view", "click", "like", "purchase", "dislike", "rating")
 MAX_K = 100
@@ -41,7 +46,9 @@ MAX_BATCH = 1000
 MAX_ID = 256
 MAX_FIELD = 10_000
 MAX_FILTER_VALUES = 50
+ERASURE_RETRY_S = 1.0
 EMPTY = np.zeros(0, dtype=np.int64)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -77,9 +84,80 @@ def not_found(kind: str, name: object, field: str) -> UnknownNameError:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """How feedback counts. A rating at or above ``like_rating`` is positive, below it a dislike."""
+    """What feedback is accepted and how it counts.
+
+    A rating at or above ``like_rating`` is positive, below it a dislike. An event's ``value`` must lie in
+    ``[rating_min, rating_max]``; its ``timestamp`` (seconds since 1970) may not be before 1970 nor more
+    than ``max_clock_skew`` seconds ahead of the server's clock.
+    """
 
     like_rating: float = 3.0
+    rating_min: float = 0.0
+    rating_max: float = 10.0
+    max_clock_skew: float = 300.0
+
+    def __post_init__(self):
+        for name in ("like_rating", "rating_min", "rating_max", "max_clock_skew"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"ServiceConfig.{name}: expected a finite number, got {v!r}")
+        if self.rating_min > self.rating_max:
+            raise ConfigError(f"ServiceConfig.rating_min: {self.rating_min} is above rating_max "
+                              f"{self.rating_max}")
+        if self.max_clock_skew < 0:
+            raise ConfigError(f"ServiceConfig.max_clock_skew: must be >= 0, got {self.max_clock_skew}")
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer goes before readers who come after it (so a stream of
+    queries cannot starve an upsert). The standard library has no such lock."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self):
+        self._acquire_read()
+        try:
+            yield
+        finally:
+            self._release_read()
+
+    @contextmanager
+    def write(self):
+        self._acquire_write()
+        try:
+            yield
+        finally:
+            self._release_write()
+
+    def _acquire_read(self):
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+
+    def _release_read(self):
+        with self._cond:
+            self._readers -= 1
+            if not self._readers:
+                self._cond.notify_all()
+
+    def _acquire_write(self):
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+
+    def _release_write(self):
+        with self._cond:
+            self._writing = False
+            self._cond.notify_all()
 
 
 def default_model_name() -> str:
@@ -100,24 +178,28 @@ class Engine:
         self.model, self.store = model, store
         self.config = config or ServiceConfig()
         self.source = source
-        self._write_lock = threading.Lock()   # store writes + applying them, in one order
-        self._model_lock = threading.RLock()  # the model and its catalogue, swapped on upsert/retrain
+        self._write_lock = threading.Lock()  # store writes + applying them, in one order
+        self._model_lock = ReadWriteLock()   # the model and its catalogue: shared by queries, swapped on
+        #                                      upsert / retrain
         self._hist: dict[str, np.ndarray] = {}
         self._disliked: dict[str, frozenset[int]] = {}
         self._masks: dict[tuple, np.ndarray] = {}
         self._catalog_version = 0
         self.skipped_on_load = 0
+        self._erasure_timer: threading.Timer | None = None
         self._load()
+        if self.store.erasure_pending:
+            self._retry_erasure()
 
     # -- start-up ------------------------------------------------------------------------------------
     def _load(self) -> None:
         known = self.store.get_meta("source")
         if known is None and self.source:
             self.store.set_meta("source", self.source)
-        forgotten = self.store.forgotten()
         m = self.model
+        forgotten = self.store.forgotten_among(m.users.ids())
         for i, uid in enumerate(m.users.ids()):
-            if user_hash(uid) in forgotten:
+            if uid in forgotten:
                 m._histories[i] = EMPTY
             else:
                 self._hist[uid] = np.asarray(m._histories[i], dtype=np.int64)
@@ -139,7 +221,7 @@ class Engine:
         return {"status": "ok", "model": self.model.name, "source": self.source,
                 "items": len(self.catalog), "users": len(self._hist),
                 "events": self.store.count_events(), "skipped_on_load": self.skipped_on_load,
-                "text_queries": self.supports_text()}
+                "text_queries": self.supports_text(), "erasure_pending": self.store.erasure_pending}
 
     def user_ids(self, limit: int = 50, offset: int = 0) -> list[str]:
         ids = list(self._hist)
@@ -195,7 +277,7 @@ class Engine:
         instead of one per query). Each query gets its own result, or the error its call would raise."""
         out: list[dict | Exception | None] = [None] * len(queries)
         groups: dict[tuple, list[tuple[int, _Query]]] = {}
-        with self._model_lock:
+        with self._model_lock.read():
             model = self.model
             for i, q in enumerate(queries):
                 try:
@@ -224,7 +306,7 @@ class Engine:
     def _prepare(self, *, user_id=None, history=None, text=None, k=10, filters=None, exclude=None,
                  exclude_seen=True, explain=False) -> _Query | dict:
         """Validate one query; a text query is answered here (its own model call), others come back as a
-        ``_Query`` to be scored with the rest of their group. Call with the model lock held."""
+        ``_Query`` to be scored with the rest of their group. Call with the model lock held (to read)."""
         given = [n for n, v in (("user_id", user_id), ("history", history), ("text", text)) if v is not None]
         if len(given) != 1:
             raise field_error("user_id", "give exactly one of user_id, history or text"
@@ -238,6 +320,7 @@ class Engine:
                 raise field_error("text", "text must be a non-empty string")
             if len(text) > MAX_TEXT:
                 raise field_error("text", f"text is longer than {MAX_TEXT} characters")
+            _check_unicode(text, "text")
             recs = self._recommend_text(text, k, excl, mask, explain)
             return {"model": self.model.name, "items": recs.records(self.model.catalog)}
         head: dict = {}
@@ -280,13 +363,16 @@ class Engine:
         cat = self.catalog
         mask = np.ones(len(cat), dtype=bool)
         for name, want in filters.items():
-            if name not in cat.frame.columns or name == "item_id":
+            if not isinstance(name, str) or name not in cat.frame.columns or name == "item_id":
                 cols = [c for c in cat.frame.columns if c != "item_id"]
                 raise field_error(f"filters.{name}", f"no such item field; fields are {', '.join(cols)}")
-            values = [want] if isinstance(want, (str, int, float)) else want
-            if not isinstance(values, list) or not values or len(values) > MAX_FILTER_VALUES:
-                raise field_error(f"filters.{name}", f"expected a value or a list of 1 to "
-                                  f"{MAX_FILTER_VALUES} values")
+            values = [want] if isinstance(want, (str, int)) and not isinstance(want, bool) else want
+            if (not isinstance(values, list) or not values or len(values) > MAX_FILTER_VALUES
+                    or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)):
+                raise field_error(f"filters.{name}", f"expected a text value or a list of 1 to "
+                                  f"{MAX_FILTER_VALUES} text values")
+            for v in values:
+                _check_unicode(str(v), f"filters.{name}")
             key = (self._catalog_version, name, tuple(sorted(str(v).strip().casefold() for v in values)))
             m = self._masks.get(key)
             if m is None:
@@ -325,26 +411,34 @@ class Engine:
         unknown = set(e) - {"user_id", "item_id", "type", "value", "event_id", "timestamp"}
         if unknown:
             raise field_error(f"{where}.{sorted(unknown)[0]}", "unknown field")
-        user, item = _id(e.get("user_id"), f"{where}.user_id"), _id(e.get("item_id"), f"{where}.item_id")
+        user, item = check_id(e.get("user_id"), f"{where}.user_id"), check_id(e.get("item_id"), f"{where}.item_id")
         if item not in self.catalog.ids:
             raise not_found("item", item, f"{where}.item_id")
         kind = e.get("type")
         if kind not in EVENT_TYPES:
             raise field_error(f"{where}.type", f"expected one of {', '.join(EVENT_TYPES)}, got {kind!r}")
+        cfg = self.config
         value = e.get("value")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value)):
-            raise field_error(f"{where}.value", f"expected a finite number, got {value!r}")
+        if value is not None:
+            value = _number(value, f"{where}.value", "a number")
+            if not cfg.rating_min <= value <= cfg.rating_max:
+                raise field_error(f"{where}.value", f"{value:g} is outside the rating scale "
+                                  f"{cfg.rating_min:g} to {cfg.rating_max:g}")
         if kind == "rating" and value is None:
             raise field_error(f"{where}.value", "a rating needs a value")
         eid = e.get("event_id")
-        eid = uuid.uuid4().hex if eid is None else _id(eid, f"{where}.event_id")
-        ts = e.get("timestamp")
+        eid = uuid.uuid4().hex if eid is None else check_id(eid, f"{where}.event_id")
+        ts, now = e.get("timestamp"), time.time()
         if ts is None:
-            ts = time.time()
-        elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-            raise field_error(f"{where}.timestamp", f"expected seconds since 1970, got {ts!r}")
-        return Event(eid, user, item, kind, None if value is None else float(value), float(ts))
+            ts = now
+        else:
+            ts = _number(ts, f"{where}.timestamp", "seconds since 1970")
+            if ts < 0:
+                raise field_error(f"{where}.timestamp", f"{ts:g} is before 1970 (expected seconds since 1970)")
+            if ts > now + cfg.max_clock_skew:
+                raise field_error(f"{where}.timestamp", f"{ts:g} is more than {cfg.max_clock_skew:g} s ahead "
+                                  "of the server's clock (expected seconds since 1970)")
+        return Event(eid, user, item, kind, value, ts)
 
     def _apply(self, ev: Event) -> None:
         """Fold one event into the user's history: positives move the item to the end of the history,
@@ -363,41 +457,73 @@ class Engine:
                 self._disliked[ev.user_id] = dis - {idx}
 
     def delete_user(self, user_id: str) -> dict:
-        """Forget a user: their events, profile and history, in the store and in memory."""
-        user_id = _id(user_id, "user_id")
+        """Forget a user: their events, profile and history, in the store and in memory. ``erased`` says
+        whether the files already hold no copy of their rows; when another reader of the database holds
+        an old snapshot it is False, ``health()`` says ``erasure_pending`` and the engine keeps trying
+        (every ``ERASURE_RETRY_S``) until it is done. A later retry of one of their acknowledged events
+        is answered as a duplicate and brings nothing back."""
+        user_id = check_id(user_id, "user_id")
         with self._write_lock:
             if user_id not in self._hist:
                 raise not_found("user", user_id, "user_id")
-            n = self.store.forget_user(user_id)
+            n, erased = self.store.forget_user(user_id)
             self._hist.pop(user_id, None)
             self._disliked.pop(user_id, None)
             m = self.model
             if user_id in m.users:  # the model's copy of the base history goes too
                 m._histories[m.users.index(user_id)] = EMPTY
-        return {"user_id": user_id, "deleted": True, "events_deleted": n}
+        if not erased:
+            self._retry_erasure()
+        return {"user_id": user_id, "deleted": True, "events_deleted": n, "erased": erased}
 
-    def upsert_item(self, item_id: str, fields: dict) -> dict:
-        """Add or update an item by its text fields (title, description, tags, genres, year)."""
-        item_id = _id(item_id, "item_id")
+    def _retry_erasure(self) -> None:
+        """Try the pending erasure again shortly, on a timer thread, until it succeeds."""
+        with self._write_lock:
+            if self._erasure_timer is not None or not self.store.erasure_pending:
+                return
+
+            def attempt():
+                with self._write_lock:
+                    self._erasure_timer = None
+                    try:
+                        done = self.store.finish_erasure()
+                    except Exception:  # noqa: BLE001 - the store was closed: the next start completes it
+                        return
+                if not done:
+                    self._retry_erasure()
+            self._erasure_timer = threading.Timer(ERASURE_RETRY_S, attempt)
+            self._erasure_timer.daemon = True
+            self._erasure_timer.start()
+
+    def upsert_item(self, item_id: str, fields: dict, merge: bool = False) -> dict:
+        """Add an item, or replace it, by its text fields (title, description, tags, genres, year): the
+        item becomes exactly ``fields``, every field not given is emptied. ``merge=True`` changes only the
+        fields given (``None`` empties one). An item without a title is shown by its id."""
+        item_id = check_id(item_id, "item_id")
         if not isinstance(fields, dict):
             raise field_error("item", "expected an object of text fields")
-        row = {"item_id": item_id}
+        given: dict[str, str | None] = {}
         for k, v in fields.items():
             if k not in TEXT_FIELDS:
-                raise field_error(k, f"unknown item field; fields are {', '.join(TEXT_FIELDS)}")
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (str, int)):
-                raise field_error(k, f"expected text, got {type(v).__name__}")
-            v = str(v)
-            if len(v) > MAX_FIELD:
-                raise field_error(k, f"longer than {MAX_FIELD} characters")
-            row[k] = v
-        if not any(str(v).strip() for k, v in row.items() if k != "item_id"):
-            raise field_error("title", "an item needs some text: at least one of "
-                              + ", ".join(TEXT_FIELDS))
+                raise field_error(str(k), f"unknown item field; fields are {', '.join(TEXT_FIELDS)}")
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (str, int)):
+                    raise field_error(k, f"expected text, got {type(v).__name__}")
+                v = str(v)
+                if len(v) > MAX_FIELD:
+                    raise field_error(k, f"longer than {MAX_FIELD} characters")
+                _check_unicode(v, k)
+            given[k] = v
         with self._write_lock:  # the model lock only around the catalogue swap, not the disk write
             created = item_id not in self.catalog.ids
+            old = {} if created or not merge else self.catalog.row(self.catalog.ids.index(item_id))
+            columns = [c for c in self.catalog.frame.columns if c != "item_id"]
+            row = {"item_id": item_id, **{c: None for c in dict.fromkeys([*TEXT_FIELDS, *columns])}}
+            row.update({k: v for k, v in old.items() if k in row})
+            row.update(given)
+            if not any(isinstance(v, str) and v.strip() for k, v in row.items() if k in TEXT_FIELDS):
+                raise field_error("title", "an item needs some text: at least one of "
+                                  + ", ".join(TEXT_FIELDS))
             self.store.upsert_items([row])
             self._upsert_catalog([row])
         return {"item_id": item_id, "created": created,
@@ -405,7 +531,7 @@ class Engine:
 
     def _upsert_catalog(self, rows: list[dict]) -> None:
         frame = pd.DataFrame(rows)
-        with self._model_lock:
+        with self._model_lock.write():
             if hasattr(self.model, "add_items"):
                 self.model.add_items(frame)
             else:
@@ -437,7 +563,7 @@ class Engine:
         t0 = time.perf_counter()
         fresh = models.get(self.model.name, self.model.config).fit(ds, progress=progress)
         fit_s = time.perf_counter() - t0
-        with self._write_lock, self._model_lock:
+        with self._write_lock, self._model_lock.write():
             # items added while fitting are not in ``fresh``: keep serving the old model then
             if len(self.model.catalog) == len(fresh.catalog):
                 self.model = fresh
@@ -451,7 +577,10 @@ class Engine:
                 "out": None if out is None else str(out)}
 
 
-def _id(x, field: str) -> str:
+def check_id(x, field: str) -> str:
+    """An id as the service accepts it everywhere, paths included: a string (or an integer) of 1 to
+    ``MAX_ID`` characters, not blank, valid Unicode, with no control characters. Any other character, ``/``
+    included, is allowed (percent-encode it in a URL)."""
     if isinstance(x, bool) or not isinstance(x, (str, int)):
         raise field_error(field, f"expected an id (a string), got {x!r}")
     s = str(x)
@@ -459,7 +588,33 @@ def _id(x, field: str) -> str:
         raise field_error(field, "empty id")
     if len(s) > MAX_ID:
         raise field_error(field, f"id longer than {MAX_ID} characters")
+    _check_unicode(s, field)
+    if _CONTROL.search(s):
+        raise field_error(field, "an id may not contain control characters")
     return s
+
+
+def _check_unicode(s: str, field: str) -> None:
+    """Refuse text that is not valid Unicode (a lone surrogate such as "\\ud800", which JSON can carry but
+    UTF-8 cannot store)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise field_error(field, "not valid Unicode (a lone surrogate such as \\ud800)") from None
+
+
+def _number(x, field: str, what: str) -> float:
+    """A finite JSON number as float; huge integers (1 followed by 400 zeros) are refused, not an overflow."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise field_error(field, f"expected {what}, got {x!r}")
+    try:
+        v = float(x)
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v):
+        shown = repr(x) if isinstance(x, float) else "an integer too large for a float"
+        raise field_error(field, f"expected {what}, a finite number, got {shown}")
+    return v
 
 
 # -- what to serve ------------------------------------------------------------------------------------

@@ -1,38 +1,60 @@
-"""Durable service state in one SQLite file: items added by text, feedback events, known users and the
-users who asked to be forgotten.
+"""Durable service state in one SQLite file: items added by text, feedback events, known users and what is
+left of the users who asked to be forgotten.
 
 The journal is WAL with ``synchronous=FULL``: when a write method returns, its rows are on disk and survive
-a SIGKILL or a power cut. Events carry an ``event_id``; storing the same id twice stores it once, so a
-client may retry a request whose answer it never saw. Framework-free: the service engine is the only user.
+a SIGKILL or a power cut. Events carry an ``event_id``, unique per user: storing the same (user, event id)
+twice stores it once, so a client may retry a request whose answer it never saw, and one user's event ids
+never touch another user's events.
+
+Forgetting a user deletes their rows, and a WAL checkpoint then copies the change into the database file
+(``secure_delete`` overwrites the freed pages) and truncates the WAL, so no copy of the rows stays in either
+file. A reader holding an old snapshot (another process, a backup) can stop the checkpoint; the erasure is
+then *pending*, said so, and completed by ``finish_erasure`` once the reader is gone.
+
+What a forgotten user leaves behind is keyed hashes (HMAC-SHA256 with a random secret in
+``<data_dir>/secret.key``): of their id, so a base data set's history for them stays hidden after a restart,
+and of each deleted (user, event id), so a late retry of an acknowledged event does not bring their data
+back. Without the secret the hashes cannot be tested against guessed ids.
+Framework-free: the service engine is the only user.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, fields TEXT NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, first_seen REAL NOT NULL);
+from .errors import DataError
+
+EVENTS = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id TEXT NOT NULL UNIQUE,
+    event_id TEXT NOT NULL,
     user_id TEXT NOT NULL,
     item_id TEXT NOT NULL,
     type TEXT NOT NULL,
     value REAL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    UNIQUE (user_id, event_id)
 );
-CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
-CREATE TABLE IF NOT EXISTS forgotten (user_hash TEXT PRIMARY KEY, at REAL NOT NULL);
 """
+SCHEMA = EVENTS + """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (item_id TEXT PRIMARY KEY, fields TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, first_seen REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
+CREATE TABLE IF NOT EXISTS forgotten_users (hash TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS forgotten_events (hash TEXT PRIMARY KEY);
+"""
+SECRET_FILE = "secret.key"
+CHECKPOINT_WAIT_MS = 200  # how long one erasure attempt waits for readers to move on
 
 
 @dataclass(frozen=True)
@@ -47,10 +69,31 @@ class Event:
     ts: float = 0.0
 
 
-def user_hash(user_id: str) -> str:
-    """What a forgotten user leaves behind: a hash, so a base data set's history for them stays hidden
-    after a restart without the store keeping their id."""
+def _legacy_user_hash(user_id: str) -> str:
+    """The unkeyed tombstone of stores written before the secret existed (migrated on first use)."""
     return hashlib.sha256(f"llmrec-forgotten:{user_id}".encode()).hexdigest()
+
+
+def _read_secret(folder: Path) -> bytes:
+    """The store's 32-byte secret, created once (readable by the owner only)."""
+    path = folder / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fd = None
+    if fd is None:
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise DataError("not a 32-byte secret: the store's keyed hashes need it; restore it from a "
+                            "backup (a new secret makes the record of forgotten users unreadable)",
+                            path=str(path))
+        return secret
+    secret = os.urandom(32)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    return secret
 
 
 class Store:
@@ -62,13 +105,41 @@ class Store:
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / self.FILENAME
+        self._secret = _read_secret(self.dir)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
+        self._migrate()
         self._db.executescript(SCHEMA)
+        self.erasure_pending = bool(self.get_meta("erasure_pending"))
+        if self.erasure_pending:
+            self.finish_erasure()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version to this schema, in one transaction."""
+        def tables(db) -> dict[str, str]:
+            return dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+        t = tables(self._db)
+        old_events = "events" in t and "UNIQUE (user_id, event_id)" not in t["events"]
+        if not old_events and "forgotten" not in t:
+            return
+
+        def tx(db):
+            if old_events:  # event ids were global: make them unique per user
+                db.execute("ALTER TABLE events RENAME TO events_old")
+                db.execute("DROP INDEX IF EXISTS events_by_user")
+                db.execute(EVENTS)
+                db.execute("INSERT INTO events (seq, event_id, user_id, item_id, type, value, ts) "
+                           "SELECT seq, event_id, user_id, item_id, type, value, ts FROM events_old")
+                db.execute("DROP TABLE events_old")
+            if "forgotten" in t:  # unkeyed tombstones: kept aside, re-keyed as their users are seen
+                db.execute("CREATE TABLE IF NOT EXISTS forgotten_legacy (user_hash TEXT PRIMARY KEY)")
+                db.execute("INSERT OR IGNORE INTO forgotten_legacy SELECT user_hash FROM forgotten")
+                db.execute("DROP TABLE forgotten")
+        self._write(tx)
 
     def close(self) -> None:
         with self._lock:
@@ -86,6 +157,10 @@ class Store:
             self._db.execute("COMMIT")
             return out
 
+    def _hash(self, *parts: str) -> str:
+        msg = "\x00".join(parts).encode("utf-8")
+        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+
     # -- meta ----------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         with self._lock:
@@ -97,12 +172,17 @@ class Store:
 
     # -- events --------------------------------------------------------------------------------------
     def add_events(self, events: list[Event]) -> list[bool]:
-        """Store ``events`` in one transaction; returns, per event, True if new, False if its event_id
-        was already stored (then nothing changes)."""
+        """Store ``events`` in one transaction; returns, per event, True if new, False if the user already
+        sent that event id, or sent it before they were forgotten (then nothing changes)."""
         def tx(db):
             now = time.time()
             new = []
             for e in events:
+                gone = db.execute("SELECT 1 FROM forgotten_events WHERE hash = ?",
+                                  (self._hash("event", e.user_id, e.event_id),)).fetchone()
+                if gone:
+                    new.append(False)
+                    continue
                 cur = db.execute("INSERT OR IGNORE INTO events (event_id, user_id, item_id, type, value, ts) "
                                  "VALUES (?, ?, ?, ?, ?, ?)",
                                  (e.event_id, e.user_id, e.item_id, e.type, e.value, e.ts))
@@ -129,7 +209,7 @@ class Store:
 
     # -- items ---------------------------------------------------------------------------------------
     def upsert_items(self, rows: list[dict]) -> None:
-        """Add or replace items by ``item_id``; each row's other keys are its text fields."""
+        """Add or replace items by ``item_id``; each row's other keys are its fields (the whole item)."""
         def tx(db):
             now = time.time()
             for r in rows:
@@ -146,19 +226,58 @@ class Store:
         return [{"item_id": i, **json.loads(f)} for i, f in rows]
 
     # -- users ---------------------------------------------------------------------------------------
-    def forget_user(self, user_id: str) -> int:
-        """Delete the user's events and profile and leave a hash tombstone; returns events deleted."""
+    def forget_user(self, user_id: str) -> tuple[int, bool]:
+        """Delete the user's events and profile, leave keyed tombstones, and erase the old rows from the
+        files. Returns (events deleted, erased): erased is False while another reader holds an old
+        snapshot; ``erasure_pending`` is then True until ``finish_erasure`` succeeds."""
         def tx(db):
+            ids = [r[0] for r in db.execute("SELECT event_id FROM events WHERE user_id = ?", (user_id,))]
+            db.executemany("INSERT OR IGNORE INTO forgotten_events VALUES (?)",
+                           [(self._hash("event", user_id, e),) for e in ids])
             n = db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
-            db.execute("INSERT OR REPLACE INTO forgotten VALUES (?, ?)", (user_hash(user_id), time.time()))
+            db.execute("INSERT OR REPLACE INTO forgotten_users VALUES (?, ?)",
+                       (self._hash("user", user_id), time.time()))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('erasure_pending', '1')")
             return n
         n = self._write(tx)
-        with self._lock:  # the WAL still holds the old pages: copy back and truncate it
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return n
+        self.erasure_pending = True
+        return n, self.finish_erasure()
 
-    def forgotten(self) -> set[str]:
-        """Hashes (see ``user_hash``) of the users who were forgotten."""
+    def finish_erasure(self) -> bool:
+        """Checkpoint the whole WAL into the database file and truncate it; True when nothing of a deleted
+        row is left in either file. False (pending) while a reader holds an older snapshot."""
         with self._lock:
-            return {r[0] for r in self._db.execute("SELECT user_hash FROM forgotten")}
+            self._db.execute(f"PRAGMA busy_timeout={CHECKPOINT_WAIT_MS}")  # writers wait on this lock
+            try:
+                busy, log, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy or log != done:
+                    return False
+                self._db.execute("DELETE FROM meta WHERE key = 'erasure_pending'")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fold that delete in too
+            finally:
+                self._db.execute("PRAGMA busy_timeout=5000")
+            self.erasure_pending = False
+        return True
+
+    def forgotten_among(self, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` who were forgotten. Tombstones from before the keyed hash are re-keyed
+        here as their users are met, and the unkeyed copy deleted."""
+        user_ids = list(user_ids)
+        with self._lock:
+            keyed = {r[0] for r in self._db.execute("SELECT hash FROM forgotten_users")}
+            has_legacy = self._db.execute("SELECT name FROM sqlite_master WHERE name = 'forgotten_legacy'"
+                                          ).fetchone() is not None
+            legacy = ({r[0] for r in self._db.execute("SELECT user_hash FROM forgotten_legacy")}
+                      if has_legacy else set())
+        out = {u for u in user_ids if self._hash("user", u) in keyed}
+        if legacy:
+            found = {u: _legacy_user_hash(u) for u in user_ids if _legacy_user_hash(u) in legacy}
+
+            def tx(db):
+                db.executemany("INSERT OR REPLACE INTO forgotten_users VALUES (?, ?)",
+                               [(self._hash("user", u), time.time()) for u in found])
+                db.executemany("DELETE FROM forgotten_legacy WHERE user_hash = ?", [(h,) for h in found.values()])
+            self._write(tx)
+            out |= set(found)
+        return out
