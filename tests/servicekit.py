@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,18 +78,22 @@ class TextKNN(ItemKNN):
     overlap with the item's title and genres: enough to test the service's plumbing for text models."""
 
     name = "textknn-test"
-    _query: str | None = None
+    _local = threading.local()  # the text query of this thread's call: the service queries concurrently
+
+    @property
+    def _query(self) -> str | None:
+        return getattr(self._local, "query", None)
 
     def add_items(self, rows: pd.DataFrame) -> None:
         self.catalog, _ = self.catalog.upsert(rows)
 
     def recommend_text(self, text, k=10, exclude=None, candidates=None, explain=False):
-        self._query = text
+        self._local.query = text
         try:
             return self.recommend_indices([np.zeros(0, np.int64)], k, exclude_seen=False, exclude=exclude,
                                           candidates=candidates, explain=explain)
         finally:
-            self._query = None
+            self._local.query = None
 
     def score_histories(self, histories):
         if self._query is None:

@@ -96,6 +96,27 @@ def test_cache_encodes_only_new_texts(tmp_path):
     assert (next(tmp_path.iterdir()) / "model.txt").read_text().strip() == "test:bow"
 
 
+def test_queries_are_cached_in_memory_only_and_bounded(tmp_path):
+    """What users type never reaches the disk (no one can fill it, no one's words outlive the process),
+    and the in-memory copy keeps only the most recent queries."""
+    inner = BagOfWords()
+    enc = encoders.CachedEncoder(inner, folder=tmp_path, query_cache=3)
+    enc.encode(["a catalogue item"])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    texts = [f"my private interests number {j}" for j in range(10)]
+    first = enc.encode(texts, kind="query")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before, "a query was written to disk"
+    for f in tmp_path.rglob("*.npz"):
+        assert b"private" not in f.read_bytes()
+    assert len(enc._queries) == 3
+    n = len(inner.encoded)
+    again = enc.encode(texts[-3:] + texts[-1:], kind="query")  # the newest three are served from memory
+    assert len(inner.encoded) == n
+    np.testing.assert_allclose(again[:3], first[-3:], rtol=1e-6)
+    enc.encode(texts[:1], kind="query")  # the oldest was dropped: encoded again
+    assert len(inner.encoded) == n + 1
+
+
 def test_cache_writes_whole_shards_only(tmp_path):
     enc = encoders.CachedEncoder(BagOfWords(fail_on="boom"), folder=tmp_path, shard_size=2)
     with pytest.raises(RuntimeError):

@@ -340,31 +340,60 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _service_config(args):
+    from .service import ServiceConfig
+    lo, sep, hi = args.rating_scale.partition(":")
+    try:
+        lo_f, hi_f = float(lo), float(hi)
+    except ValueError:
+        raise LLMRecError(f"--rating-scale: expected MIN:MAX, e.g. 1:5, got {args.rating_scale!r}") from None
+    return ServiceConfig(like_rating=args.like_rating, rating_min=lo_f, rating_max=hi_f,
+                         max_clock_skew=args.clock_skew)
+
+
 def _engine(args):
     from . import service
+    config = _service_config(args)  # bad options fail before the model loads
     model, source = service.load_source(dataset=args.dataset, items=args.items,
                                         interactions=args.interactions, model_dir=args.model_dir,
                                         model=args.model, progress=not getattr(args, "json", False))
     data_dir = args.data_dir or service.default_data_dir(source)
-    return service.open_engine(model, data_dir, source), data_dir
+    return service.open_engine(model, data_dir, source, config), data_dir
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def cmd_serve(args) -> int:
     try:
-        from .server import create_app, run
+        from .server import check_access, create_app, run
     except ImportError as e:
         raise LLMRecError(f"serving needs the 'serve' extra ({e}): pip install 'llmrec[serve]'") from None
-    engine, data_dir = _engine(args)
     key = os.environ.get("LLMREC_API_KEY") or None
-    app = create_app(engine, api_key=key, insecure=args.insecure, protect_reads=args.protect_reads)
+    check_access(key, args.protect_reads, args.public_user_data)  # before minutes of loading
+    wildcard = args.host in ("0.0.0.0", "::", "")
+    if wildcard and not args.allowed_host:
+        hosts = ["*"]
+    else:
+        hosts = list(dict.fromkeys([*([] if wildcard else [args.host]), *LOOPBACK, *args.allowed_host]))
+    engine, data_dir = _engine(args)
+    app = create_app(engine, api_key=key, insecure=args.insecure, protect_reads=args.protect_reads,
+                     public_user_data=args.public_user_data, allowed_hosts=hosts)
     writes = "need LLMREC_API_KEY" if key else ("OPEN (--insecure)" if args.insecure else
                                                  "disabled (set LLMREC_API_KEY or pass --insecure)")
+    users = ("PUBLIC (--public-user-data)" if args.public_user_data else
+             "need LLMREC_API_KEY" if key else "closed (set LLMREC_API_KEY or pass --public-user-data)")
     print(f"llmrec: serving {engine.source}: {len(engine.catalog):,} items, {len(engine.user_ids(10**9)):,} "
           f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
-          f"llmrec: writes {writes}; page http://{args.host}:{args.port}/  API docs "
-          f"http://{args.host}:{args.port}/docs", file=sys.stderr)
-    if args.insecure and not key and args.host not in ("127.0.0.1", "localhost", "::1"):
+          f"llmrec: writes {writes}; user data {users}; reads "
+          f"{'need LLMREC_API_KEY' if args.protect_reads else 'open'}\n"
+          f"llmrec: page http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
+          file=sys.stderr)
+    if args.insecure and not key and args.host not in LOOPBACK:
         print(f"llmrec: WARNING: anyone who can reach {args.host} can write (--insecure)", file=sys.stderr)
+    if hosts == ["*"]:
+        print("llmrec: WARNING: any Host header is answered (DNS rebinding): name this server's host names "
+              "with --allowed-host", file=sys.stderr)
     run(app, args.host, args.port)
     return 0
 
@@ -467,13 +496,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "itemknn)")
         s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
                                           "under the user data folder)")
+        s.add_argument("--rating-scale", default="0:10", metavar="MIN:MAX",
+                       help="accepted event values (default 0:10)")
+        s.add_argument("--like-rating", type=float, default=3.0,
+                       help="a rating at or above this is positive, below it a dislike (default 3)")
+        s.add_argument("--clock-skew", type=float, default=300.0, metavar="SECONDS",
+                       help="how far ahead of the server's clock an event's timestamp may be (default 300)")
         s.set_defaults(func=func)
         if name == "serve":
             s.add_argument("--host", default="127.0.0.1")
             s.add_argument("--port", type=int, default=8000)
             s.add_argument("--insecure", action="store_true",
                            help="allow writes without an API key (LLMREC_API_KEY)")
-            s.add_argument("--protect-reads", action="store_true", help="reads need the API key too")
+            s.add_argument("--protect-reads", action="store_true",
+                           help="every read needs the API key too (recommendations for a history or text, items)")
+            s.add_argument("--public-user-data", action="store_true",
+                           help="for demos: the user list, histories, events and recommendations for a user_id "
+                                "without the key (by default they need it)")
+            s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                           help="a Host name to answer besides the --host address and loopback (repeatable); "
+                                "other Host headers get 400 (DNS rebinding)")
         else:
             s.add_argument("--out", required=True, help="checkpoint folder to write")
             s.add_argument("--json", action="store_true", help="print one JSON object")

@@ -16,9 +16,11 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,6 +42,9 @@ class Encoder(ABC):
 
     def __init__(self) -> None:
         self._warned = False
+        # one batch at a time: tokenizers and some backends keep per-call state (a fast tokenizer called
+        # from two threads fails with "Already borrowed"); the service encodes queries from many threads
+        self._batch_lock = threading.Lock()
 
     @abstractmethod
     def _encode_batch(self, texts: list[str], kind: str) -> tuple[np.ndarray, np.ndarray]: ...
@@ -62,7 +67,8 @@ class Encoder(ABC):
                   leave=False) as bar:
             for start in range(0, len(texts), bs):
                 idx = order[start:start + bs]
-                vecs, trunc = self._encode_batch([texts[i] for i in idx], kind)
+                with self._batch_lock:
+                    vecs, trunc = self._encode_batch([texts[i] for i in idx], kind)
                 out[idx] = vecs
                 if trunc.any():
                     n_trunc += int(trunc.sum())
@@ -375,11 +381,15 @@ def get(name: str) -> Encoder:
 
 # -- the on-disk cache ----------------------------------------------------------------------------------
 class CachedEncoder(Encoder):
-    """Wraps an encoder with an on-disk cache: one folder per model key, append-only shard files
-    (``.npz`` with sha1 keys of kind + text and raw vectors), each written to a temporary name and renamed,
-    so an interrupted run leaves only whole shards. ``hits``/``misses`` count texts served and encoded."""
+    """Wraps an encoder with a cache. Passages (catalogue items) go to disk: one folder per model key,
+    append-only shard files (``.npz`` with sha1 keys of kind + text and raw vectors), each written to a
+    temporary name and renamed, so an interrupted run leaves only whole shards. Queries (what users type)
+    never touch the disk: they are kept in memory, the ``query_cache`` most recent ones, so no one can fill
+    the disk with them and no user's words outlive the process. ``hits``/``misses`` count texts served and
+    encoded."""
 
-    def __init__(self, inner: Encoder, folder: Path | None = None, shard_size: int = 4096):
+    def __init__(self, inner: Encoder, folder: Path | None = None, shard_size: int = 4096,
+                 query_cache: int = 4096):
         super().__init__()
         from .datasets import cache_dir
         self.inner = inner
@@ -388,6 +398,9 @@ class CachedEncoder(Encoder):
         self.folder = Path(folder or cache_dir() / "embeddings") / digest
         self.shard_size = shard_size
         self._mem: dict[bytes, np.ndarray] | None = None
+        self._queries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.query_cache = query_cache
+        self._query_lock = threading.Lock()
         self.hits = self.misses = 0
 
     def _text_key(self, text: str, kind: str) -> bytes:
@@ -419,6 +432,8 @@ class CachedEncoder(Encoder):
 
     def encode(self, texts, *, normalize=True, batch_size=None, progress=None, kind="passage"):
         texts = check_texts(texts)
+        if kind == "query":
+            return self._encode_queries(texts, normalize, batch_size)
         mem = self._load()
         keys = [self._text_key(t, kind) for t in texts]
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -442,6 +457,27 @@ class CachedEncoder(Encoder):
         for i, k in enumerate(keys):
             if k in todo:
                 out[i] = mem[k]
+        return l2_normalize(out) if normalize else out
+
+    def _encode_queries(self, texts: list[str], normalize: bool, batch_size: int | None) -> np.ndarray:
+        keys = [self._text_key(t, "query") for t in texts]
+        with self._query_lock:
+            found = {k: self._queries[k] for k in keys if k in self._queries}
+            for k in found:
+                self._queries.move_to_end(k)
+        todo = list(dict.fromkeys(k for k in keys if k not in found))
+        if todo:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            vecs = self.inner.encode([texts[first[k]] for k in todo], normalize=False, batch_size=batch_size,
+                                     progress=False, kind="query")
+            found.update(zip(todo, vecs, strict=True))
+            with self._query_lock:
+                self._queries.update(zip(todo, vecs, strict=True))
+                while len(self._queries) > self.query_cache:
+                    self._queries.popitem(last=False)
+        self.hits += len(texts) - len(todo)
+        self.misses += len(todo)
+        out = np.stack([found[k] for k in keys]).astype(np.float32) if keys else np.zeros((0, self.dim), np.float32)
         return l2_normalize(out) if normalize else out
 
     def _encode_batch(self, texts, kind):  # not used: encode() is overridden

@@ -281,17 +281,22 @@ class _Batcher:
             self.busy = False
 
 
+def check_access(api_key: str | None, protect_reads: bool, public_user_data: bool) -> None:
+    """Refuse access settings that would not do what they say."""
+    if protect_reads and not api_key:
+        raise LLMRecError("--protect-reads needs an API key (set LLMREC_API_KEY): without one every read "
+                          "would stay open")
+    if protect_reads and public_user_data:
+        raise LLMRecError("--protect-reads and --public-user-data contradict each other: pick one")
+
+
 def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = False,
                protect_reads: bool = False, public_user_data: bool = False,
                allowed_hosts: list[str] | None = None, max_body: int = MAX_BODY,
                body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The service app (see the module doc for who may do what). ``allowed_hosts``: the Host names to
     answer (None answers any; ``llmrec serve`` always passes a list)."""
-    if protect_reads and not api_key:
-        raise LLMRecError("--protect-reads needs an API key (set LLMREC_API_KEY): without one every read "
-                          "would stay open")
-    if protect_reads and public_user_data:
-        raise LLMRecError("--protect-reads and --public-user-data contradict each other: pick one")
+    check_access(api_key, protect_reads, public_user_data)
     app = FastAPI(title="llmrec", version=__version__,
                   description="Recommendations made by language models, with a durable feedback loop.")
     app.add_middleware(BodyGuard, max_bytes=max_body, timeout=body_timeout)

@@ -579,8 +579,8 @@ class Engine:
 
 def check_id(x, field: str) -> str:
     """An id as the service accepts it everywhere, paths included: a string (or an integer) of 1 to
-    ``MAX_ID`` characters, not blank, valid Unicode, with no control characters. Any other character, ``/``
-    included, is allowed (percent-encode it in a URL)."""
+    ``MAX_ID`` characters, not blank, valid Unicode, with no control characters, and not "." or "..". Any
+    other character, ``/`` included, is allowed (percent-encode it in a URL)."""
     if isinstance(x, bool) or not isinstance(x, (str, int)):
         raise field_error(field, f"expected an id (a string), got {x!r}")
     s = str(x)
@@ -591,6 +591,8 @@ def check_id(x, field: str) -> str:
     _check_unicode(s, field)
     if _CONTROL.search(s):
         raise field_error(field, "an id may not contain control characters")
+    if s in (".", ".."):  # a URL path segment that clients resolve away: no route could reach it
+        raise field_error(field, f"{s!r} cannot be an id")
     return s
 
 
