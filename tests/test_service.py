@@ -457,3 +457,26 @@ def test_concurrent_http_requests_are_batched_and_answered_alike(engine):
             continue
         assert r.status_code == 200, (q, r.text)
         _same_answer(r.json(), json.loads(json.dumps(want)), q)
+
+
+def test_serve_takes_the_data_and_model_options_of_the_other_commands(tmp_path):
+    """Column mappings, --encoder and --set reach the served model, as with evaluate / train."""
+    from servicekit import catalogue, interactions
+
+    from llmrec import cli
+    catalogue().rename(columns={"item_id": "sku", "title": "name"}).to_csv(tmp_path / "items.csv", index=False)
+    interactions().rename(columns={"user_id": "uid"}).to_csv(tmp_path / "log.csv", index=False)
+    args = cli.build_parser().parse_args([
+        "serve", "--items", str(tmp_path / "items.csv"), "--interactions", str(tmp_path / "log.csv"),
+        "--item-columns", "item_id=sku,title=name", "--columns", "user_id=uid", "--model", "zero-shot",
+        "--encoder", "minilm-onnx", "--set", "index=hnsw", "--set", "recency=0.7",
+        "--data-dir", str(tmp_path / "state")])
+    engine, _ = cli._engine(args)
+    cfg = engine.model.config
+    assert (cfg.encoder, cfg.index, cfg.recency) == ("minilm-onnx", "hnsw", 0.7)
+    assert engine.item("s0")["title"].startswith("Alien Worlds") and "u0" in engine.user_ids(100)
+    engine.store.close()
+    bad = cli.build_parser().parse_args(["serve", "--model-dir", str(tmp_path), "--set", "k=1"])
+    with pytest.raises(LLMRecError, match="a checkpoint is its model"):
+        cli._engine(bad)
+    assert cli.main(["serve", "--dataset", "ml-100k", "--set", "nonsense=1", "--model", "itemknn"]) == 2

@@ -353,10 +353,21 @@ def _service_config(args):
 
 def _engine(args):
     from . import service
+    from .io import parse_column_map
     config = _service_config(args)  # bad options fail before the model loads
+    if args.model_dir and (args.model or args.encoder or args.overrides):
+        raise LLMRecError("pass either --model-dir or --model / --encoder / --set, not both: a checkpoint is "
+                          "its model")
+    model = None
+    if not args.model_dir:
+        args.model = args.model or service.default_model_name()
+        model = build_model(args)
     model, source = service.load_source(dataset=args.dataset, items=args.items,
                                         interactions=args.interactions, model_dir=args.model_dir,
-                                        model=args.model, progress=not getattr(args, "json", False))
+                                        model=model, columns=parse_column_map(args.columns),
+                                        item_columns=parse_column_map(args.item_columns),
+                                        unknown_items=args.unknown_items,
+                                        progress=not getattr(args, "json", False))
     data_dir = args.data_dir or service.default_data_dir(source)
     return service.open_engine(model, data_dir, source, config), data_dir
 
@@ -489,11 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                                cmd_retrain)):
         s = sub.add_parser(name, help=help_)
         s.add_argument("--model-dir", help="serve a saved checkpoint")
-        s.add_argument("--dataset", help="a named data set (default ml-100k)")
-        s.add_argument("--items", metavar="FILE", help="your item catalogue (CSV, TSV, JSONL, Parquet)")
-        s.add_argument("--interactions", metavar="FILE", help="your interaction log")
-        s.add_argument("--model", default=None, help="model to fit (default: zero-shot if installed, else "
-                                                     "itemknn)")
+        add_data_options(s, required=False)  # default: ml-100k
+        add_model_options(s)  # default model: zero-shot if installed, else itemknn
         s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
                                           "under the user data folder)")
         s.add_argument("--rating-scale", default="0:10", metavar="MIN:MAX",
