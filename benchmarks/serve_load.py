@@ -60,7 +60,7 @@ def serve(args) -> None:
     run(app, "127.0.0.1", args.port)
 
 
-async def _one_client(port, path, bodies, until, warm_until, lat, errors):
+async def _one_client(port, path, bodies, until, warm_until, lat, errors, method="POST"):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = random.randrange(len(bodies))
     try:
@@ -70,8 +70,11 @@ async def _one_client(port, path, bodies, until, warm_until, lat, errors):
                 break
             body = bodies[i % len(bodies)]
             i += 1
-            req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            if method == "GET":
+                req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            else:
+                req = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             t0 = time.perf_counter()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -95,6 +98,32 @@ async def _phase(port, path, bodies, concurrency, seconds, warmup):
     warm_until, until = start + warmup, start + warmup + seconds
     await asyncio.gather(*[_one_client(port, path, bodies, until, warm_until, lat, errors)
                            for _ in range(concurrency)])
+    return _stats(path, concurrency, seconds, lat, errors)
+
+
+async def _mixed(port, user_bodies, text_bodies, text_clients, seconds, warmup):
+    """``text_clients`` connections sending free-text queries back to back, one sending user queries and
+    one polling /health, at the same time: what a slow text query costs everyone else."""
+    start = time.perf_counter()
+    warm_until, until = start + warmup, start + warmup + seconds
+    lat = {k: ([], []) for k in ("text", "user", "health")}
+    await asyncio.gather(
+        *[_one_client(port, "/recommend", text_bodies, until, warm_until, *lat["text"])
+          for _ in range(text_clients)],
+        _one_client(port, "/recommend", user_bodies, until, warm_until, *lat["user"]),
+        _one_client(port, "/health", [b""], until, warm_until, *lat["health"], method="GET"))
+    return {k: _stats(f"{k} (mixed: {text_clients} text clients, 1 user client, 1 health client)", 1,
+                      seconds, *v) for k, v in lat.items()}
+
+
+async def _phase_get(port, path, seconds, warmup):
+    lat, errors = [], []
+    start = time.perf_counter()
+    await _one_client(port, path, [b""], start + warmup + seconds, start + warmup, lat, errors, method="GET")
+    return _stats(f"{path} (quiet)", 1, seconds, lat, errors)
+
+
+def _stats(path, concurrency, seconds, lat, errors) -> dict:
     ms = np.array(lat) * 1e3
     return {"endpoint": path, "concurrency": concurrency, "requests": len(lat), "seconds": seconds,
             "throughput_rps": round(len(lat) / seconds, 1),
@@ -212,7 +241,7 @@ def main(argv=None) -> int:
         startup_s = time.perf_counter() - t0
         users = list(load(args.dataset, quiet=True).users.ids())
         rng = random.Random(0)
-        rec_bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in rng.sample(users, 1000)]
+        rec_bodies = [json.dumps({"user_id": u, "k": 10}).encode() for u in rng.sample(users, min(1000, len(users)))]
         explain_bodies = [json.dumps({"user_id": u, "k": 10, "explain": True}).encode()
                           for u in rng.sample(users, 200)]
         load_before = os.getloadavg()
@@ -228,6 +257,16 @@ def main(argv=None) -> int:
         r["endpoint"] = "/recommend explain=true"
         phases.append(r)
         print(f"recommend+explain c=1 {r['throughput_rps']:.1f} req/s p50 {r['p50_ms']:.2f} ms", flush=True)
+        if health["text_queries"]:  # the Python client: one process drives the three kinds at once
+            words = ["space", "love", "war", "robots", "family", "music", "crime", "history", "magic", "sea"]
+            text_bodies = [json.dumps({"text": f"films about {a} and {b}, number {j}", "k": 10}).encode()
+                           for j, (a, b) in enumerate(zip(rng.choices(words, k=5000), rng.choices(words, k=5000)))]
+            quiet = asyncio.run(_phase_get(port, "/health", args.seconds / 2, args.warmup))
+            mixed = asyncio.run(_mixed(port, rec_bodies, text_bodies, 3, args.seconds, args.warmup))
+            phases += [quiet, *mixed.values()]
+            print(f"/health quiet p99 {quiet['p99_ms']:.2f} ms; with 3 text clients p99 "
+                  f"{mixed['health']['p99_ms']:.2f} ms (user queries p99 {mixed['user']['p99_ms']:.2f} ms, "
+                  f"text p50 {mixed['text']['p50_ms']:.1f} ms)", flush=True)
         load_after = os.getloadavg()
         engine_cost = json.loads((Path(data_dir) / "engine.json").read_text())
     finally:
@@ -261,6 +300,9 @@ def main(argv=None) -> int:
             "recommend_over_empty_async": round(rec["throughput_rps"] / empty_async["throughput_rps"], 3),
             "target_p99_under_50ms": rec["p99_ms"] < 50.0,
             "target_half_of_empty": rec["throughput_rps"] >= 0.5 * empty["throughput_rps"],
+            **({"health_p99_quiet_ms": quiet["p99_ms"], "health_p99_with_text_load_ms": mixed["health"]["p99_ms"],
+                "user_p99_with_text_load_ms": mixed["user"]["p99_ms"],
+                "text_p50_with_text_load_ms": mixed["text"]["p50_ms"]} if health["text_queries"] else {}),
         },
         "engine_alone": engine_cost,
         "server_startup_seconds": round(startup_s, 1),
