@@ -11,7 +11,7 @@ Forgetting a user deletes their rows, and a WAL checkpoint then copies the chang
 file. A reader holding an old snapshot (another process, a backup) can stop the checkpoint; the erasure is
 then *pending*, said so, and completed by ``finish_erasure`` once the reader is gone.
 
-What a forgotten user leaves behind is keyed hashes (HMAC-SHA256 with a random secret in
+What a forgotten user leaves behind is keyed hashes (keyed BLAKE2b with a random secret in
 ``<data_dir>/secret.key``): of their id, so a base data set's history for them stays hidden after a restart,
 and of each deleted (user, event id), so a late retry of an acknowledged event does not bring their data
 back. Without the secret the hashes cannot be tested against guessed ids.
@@ -21,7 +21,6 @@ Framework-free: the service engine is the only user.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import sqlite3
@@ -158,8 +157,9 @@ class Store:
             return out
 
     def _hash(self, *parts: str) -> str:
+        """Keyed BLAKE2b (a MAC, like HMAC, in one C call: a start with a million users hashes them all)."""
         msg = "\x00".join(parts).encode("utf-8")
-        return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
+        return hashlib.blake2b(msg, key=self._secret, digest_size=32).hexdigest()
 
     # -- meta ----------------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -270,7 +270,7 @@ class Store:
                                           ).fetchone() is not None
             legacy = ({r[0] for r in self._db.execute("SELECT user_hash FROM forgotten_legacy")}
                       if has_legacy else set())
-        out = {u for u in user_ids if self._hash("user", u) in keyed}
+        out = {u for u in user_ids if self._hash("user", u) in keyed} if keyed else set()
         if legacy:
             found = {u: _legacy_user_hash(u) for u in user_ids if _legacy_user_hash(u) in legacy}
 
