@@ -114,3 +114,16 @@ def test_book_crossing_min_rating_drops_the_implicit_zeros(capsys):
     assert s["interactions"] == 1_149_780 - 716_109
     assert "min_rating: removed 716,109 interactions, 433,671 remain" in err
     assert "seeded random order per user" in s["leave_one_out_order"]
+
+
+def test_checkpoint_is_evaluated_on_data_cleaned_as_for_training(capsys, tmp_path):
+    ck = tmp_path / "ck"
+    code, out, err = run(capsys, "train", "--dataset", "synthetic-60-40-1", "--model", "popular", "--k-core", "8",
+                         "--duplicates", "drop", "--out", str(ck), "--json")
+    assert code == 0, err
+    trained = json.loads(out)
+    code, out, err = run(capsys, "evaluate", "--model-dir", str(ck), "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert [c.split(":")[0] for c in res["cleaning"]] == ["drop_duplicates", "k_core"]
+    assert res["metrics"]["HR@10"] == trained["metrics"]["HR@10"]

@@ -72,7 +72,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def load_data(args: argparse.Namespace):
-    from . import clean, data, datasets
+    from . import data, datasets
     from .io import line_of_row, parse_column_map
     if args.dataset and args.interactions:
         raise LLMRecError("pass either --dataset or --interactions, not both")
@@ -89,9 +89,20 @@ def load_data(args: argparse.Namespace):
             locate = lambda row: line_of_row(path, row)  # noqa: E731
     else:
         raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
-    ds, reports = clean.apply(ds, duplicates=getattr(args, "duplicates", "keep"),
-                              min_rating_=getattr(args, "min_rating", None), k=getattr(args, "k_core", None),
-                              path=path, locate=locate)
+    return _clean(ds, cleaning_options(args), path=path, locate=locate)
+
+
+def cleaning_options(args: argparse.Namespace) -> dict:
+    """The cleaning options given (none: an empty dict), as a model card keeps them."""
+    opts = {"duplicates": getattr(args, "duplicates", "keep"), "min_rating": getattr(args, "min_rating", None),
+            "k_core": getattr(args, "k_core", None)}
+    return {k: v for k, v in opts.items() if v not in (None, "keep")}
+
+
+def _clean(ds, opts: dict, path: str | None = None, locate=None):
+    from . import clean
+    ds, reports = clean.apply(ds, duplicates=opts.get("duplicates", "keep"), min_rating_=opts.get("min_rating"),
+                              k=opts.get("k_core"), path=path, locate=locate)
     if reports:
         ds.meta["cleaning"] = [str(r) for r in reports]
         for r in reports:
@@ -166,7 +177,8 @@ def _load_checkpoint_data(args, model):
         name = model.card.get("dataset")
         if not name:
             raise LLMRecError("the checkpoint names no data set: pass --dataset or --interactions")
-        ds = datasets.load(name)
+        # cleaned as it was for training (the card keeps the options), unless other options are given
+        ds = _clean(datasets.load(name), cleaning_options(args) or model.card.get("cleaning_options", {}))
     if len(ds.catalog) != len(model.catalog) or list(ds.catalog.ids.ids()) != list(model.catalog.ids.ids()):
         raise LLMRecError(f"the checkpoint was trained on another catalogue ({len(model.catalog)} items) "
                           f"than data set {ds.name!r} ({len(ds.catalog)} items)")
@@ -194,7 +206,7 @@ def cmd_train(args) -> int:
     card = {"dataset": ds.name, "protocol": test.protocol, "valid_metrics": valid.metrics,
             "test_metrics": test.metrics, "fit_seconds": round(fit_s, 2)}
     if ds.meta.get("cleaning"):
-        card["cleaning"] = ds.meta["cleaning"]
+        card.update(cleaning=ds.meta["cleaning"], cleaning_options=cleaning_options(args))
     card.update(getattr(model, "card_extra", lambda: {})())
     model.set_histories(ds.histories())  # serve from everything known, not the train split alone
     model.save(out, card=card)
