@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import DataError, UnknownNameError
 from .io import CHUNK_ROWS, check_column_keys, detect_format, iter_chunks, line_of_row, read_table
@@ -24,9 +26,23 @@ class IdMap:
 
     def __init__(self, ids: Iterable[object] = (), kind: str = "id"):
         self.kind = kind
-        self._ids: list[str] = []
-        self._index: dict[str, int] = {}
-        self.add_many(ids)
+        # the first occurrence of a repeated id keeps its place
+        self._ids: list[str] = list(dict.fromkeys(x if type(x) is str else str(x) for x in ids))
+        self._lookup: dict[str, int] | None = None
+
+    @classmethod
+    def distinct(cls, ids: list[str], kind: str = "id") -> IdMap:
+        """From ids known to be distinct strings (a loader's factorised ids): nothing checked or hashed."""
+        out = cls(kind=kind)
+        out._ids = ids
+        return out
+
+    @property
+    def _index(self) -> dict[str, int]:
+        """id -> index, built on the first lookup: loading a log with a million ids needs none."""
+        if self._lookup is None:
+            self._lookup = dict(zip(self._ids, range(len(self._ids))))
+        return self._lookup
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -41,19 +57,6 @@ class IdMap:
             idx = self._index[key] = len(self._ids)
             self._ids.append(key)
         return idx
-
-    def add_many(self, exts: Iterable[object]) -> np.ndarray:
-        """Add every new id (in order) and return the index of each one given; one dictionary pass in
-        C for the lot, no Python call per id."""
-        keys = [x if type(x) is str else str(x) for x in exts]
-        found = list(map(self._index.get, keys))
-        if None in found:
-            new = list(dict.fromkeys(k for k, i in zip(keys, found) if i is None))
-            start = len(self._ids)
-            self._index.update(zip(new, range(start, start + len(new))))
-            self._ids.extend(new)
-            found = list(map(self._index.__getitem__, keys))
-        return np.fromiter(found, dtype=np.int64, count=len(keys))
 
     def index(self, ext: object) -> int:
         try:
@@ -262,6 +265,10 @@ def _bad_numbers(series: pd.Series, allow_dates: bool = False) -> tuple[np.ndarr
     """``series`` as float64 and the position of the first value that is not a number (or a date)."""
     if pd.api.types.is_numeric_dtype(series):
         return series.to_numpy(dtype=np.float64), None
+    try:  # the common case, plain numbers, parsed by Arrow in C; anything else takes the careful path
+        return pc.cast(pa.Array.from_pandas(series), pa.float64()).to_numpy(zero_copy_only=False), None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
     s = series.astype(str).str.strip()
     nums = pd.to_numeric(s, errors="coerce")
     bad = nums.isna() & (s != "")
@@ -276,12 +283,44 @@ def _bad_numbers(series: pd.Series, allow_dates: bool = False) -> tuple[np.ndarr
     return nums.to_numpy(dtype=np.float64), first
 
 
+class _Vocab:
+    """Strings -> int64 codes in order of first appearance, over chunks. Each chunk is factorised on its
+    own and keeps its codes and its distinct values (Arrow strings, no Python object each); at the end
+    the chunks' distinct values are factorised together and every chunk's codes are mapped through."""
+
+    def __init__(self, start: int = 0):
+        self.start = start
+        self.codes: list[np.ndarray] = []
+        self.uniques: list[pd.Index] = []
+
+    def add(self, values: pd.Series) -> int:
+        """Factorise one chunk's values; returns the chunk's number for ``finish``."""
+        codes, uniques = pd.factorize(values, sort=False)
+        self.codes.append(codes)
+        self.uniques.append(uniques)
+        return len(self.codes) - 1
+
+    def finish(self) -> tuple[list[np.ndarray], list[str]]:
+        """Every chunk's global codes (``start + index``) and the distinct values in order."""
+        if not self.uniques:
+            return [], []
+        every = self.uniques[0].append(self.uniques[1:]) if len(self.uniques) > 1 else self.uniques[0]
+        glob, distinct = pd.factorize(every, sort=False)
+        out, at = [], 0
+        for codes, uniq in zip(self.codes, self.uniques):
+            out.append(glob[at:at + len(uniq)].astype(np.int64)[codes] + self.start)
+            at += len(uniq)
+        self.codes, self.uniques = [], []
+        return out, [str(x) for x in distinct.tolist()]
+
+
 class _LogBuilder:
     """Interaction frames, chunk by chunk, into the int64 / float arrays of an ``Interactions``.
 
-    Ids are mapped to indices as each chunk arrives (a dictionary entry per distinct id, none per
-    cell), so a log of any length costs its arrays plus one chunk. Rows are numbered across chunks
-    as the reader counts them; a bad row is turned into a file line only when it is reported.
+    Ids are factorised chunk by chunk (``_Vocab``: int64 codes, Arrow strings for the distinct ids, no
+    Python object per cell), so a log of any length costs its arrays, its distinct ids and one chunk.
+    Rows are numbered across chunks as the reader counts them; a bad row is turned into a file line only
+    when it is reported.
     """
 
     def __init__(self, catalog: Catalog | None, unknown_items: str, path: str | None,
@@ -291,21 +330,18 @@ class _LogBuilder:
         self.catalog, self.unknown_items, self.path = catalog, unknown_items, path
         self.catalog_path = catalog_path
         self.fmt = detect_format(path) if path else None
-        self.users = IdMap(kind="user")
-        self.items = catalog.ids.copy() if catalog is not None else IdMap(kind="item")
+        self.users = _Vocab()
+        self.items = _Vocab(start=len(catalog) if catalog is not None else 0)  # log items not in a catalogue
         self._index = pd.Index(catalog.frame["item_id"]) if catalog is not None else None
         self.parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "ts": [], "value": [],
                                                     "event": []}
+        self.fill: list[tuple[int, np.ndarray, int]] = []  # (chunk, rows, vocab chunk) of item codes to map
         self.rows = 0
         self.any_event = False
 
     def _error(self, message: str, row: int, fieldname: str | None) -> DataError:
         line = line_of_row(self.path, row, self.fmt) if self.path else None
         return DataError(message, path=self.path, line=line, field=fieldname)
-
-    def _codes(self, ids: IdMap, values: pd.Series) -> np.ndarray:
-        codes, uniques = pd.factorize(values, sort=False)
-        return ids.add_many(list(uniques))[codes]
 
     def add(self, df: pd.DataFrame) -> None:
         offset = self.rows
@@ -321,8 +357,10 @@ class _LogBuilder:
             empty = df[col].isna().to_numpy() | (s.str.strip() == "").to_numpy()
             if empty.any():
                 raise self._error("empty id", offset + int(np.flatnonzero(empty)[0]), col)
+        chunk = len(self.parts["user"])
         if self._index is None:
-            item = self._codes(self.items, item_s)
+            item = np.full(len(df), -1, dtype=np.int64)
+            self.fill.append((chunk, rows, self.items.add(item_s)))
         else:
             item = self._index.get_indexer(item_s)
             unknown = item < 0
@@ -337,12 +375,11 @@ class _LogBuilder:
                 if self.unknown_items == "drop":
                     rows, item = rows[~unknown], item[~unknown]
                 else:
-                    item[unknown] = self._codes(self.items, item_s[unknown])
+                    self.fill.append((chunk, np.flatnonzero(unknown), self.items.add(item_s[unknown])))
         if len(rows) < len(df):
             df, user_s = df.iloc[rows], user_s.iloc[rows]
-        user = self._codes(self.users, user_s)
         parts = self.parts
-        parts["user"].append(user)
+        parts["user"].append(self.users.add(user_s))
         parts["item"].append(item.astype(np.int64, copy=False))
         ts = np.full(len(df), np.nan)
         if "timestamp" in df.columns:
@@ -368,6 +405,11 @@ class _LogBuilder:
             parts["event"].append(np.full(len(df), None, dtype=object))
 
     def finish(self, name: str) -> Dataset:
+        user_codes, user_ids = self.users.finish()
+        self.parts["user"] = user_codes
+        item_codes, new_items = self.items.finish()
+        for chunk, rows, k in self.fill:
+            self.parts["item"][chunk][rows] = item_codes[k]
         cat = lambda k, dtype: (np.concatenate(self.parts[k]) if self.parts[k]  # noqa: E731
                                 else np.zeros(0, dtype=dtype))
         inter = Interactions(cat("user", np.int64), cat("item", np.int64), cat("ts", np.float64),
@@ -375,10 +417,11 @@ class _LogBuilder:
         self.parts.clear()
         catalog = self.catalog
         if catalog is None:  # the log's items, in order of first appearance
-            catalog = Catalog(frame=pd.DataFrame({"item_id": self.items.ids()}), ids=self.items)
-        elif len(self.items) > len(catalog):
-            catalog, _ = catalog.upsert(pd.DataFrame({"item_id": self.items.ids()[len(catalog):]}))
-        return Dataset(name=name, catalog=catalog, users=self.users, interactions=inter)
+            catalog = Catalog(frame=pd.DataFrame({"item_id": new_items}), ids=IdMap.distinct(new_items, kind="item"))
+        elif new_items:
+            catalog, _ = catalog.upsert(pd.DataFrame({"item_id": new_items}))
+        return Dataset(name=name, catalog=catalog, users=IdMap.distinct(user_ids, kind="user"),
+                       interactions=inter)
 
 
 def build_dataset(name: str, interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,

@@ -102,12 +102,6 @@ def line_of_row(path: str | Path, row: int, fmt: str | None = None) -> int:
     return row + 1
 
 
-def line_of(df_row: int, fmt: str) -> int:
-    """The line of data row ``df_row`` in a file with no blank lines (a header line for delimited files);
-    ``line_of_row`` counts blank lines and quoted newlines too."""
-    return df_row + 2 if fmt in _SEPS else df_row + 1
-
-
 def _parser_error(path: Path, fmt: str, err: Exception) -> DataError:
     """The first record whose field count differs from the header's, or pandas' own line."""
     msg = str(err).strip()
