@@ -162,3 +162,22 @@ def test_io_line_of_row_and_first_bad_utf8(tmp_path):
     p.write_bytes(b"a,b\n1,2\n\n3,4\n5,\xff\n")
     assert [io.line_of_row(p, r) for r in range(3)] == [2, 4, 5]
     assert io.first_bad_utf8(p, block_size=3) == (5, 15, 0xFF)
+
+
+def test_event_column_across_chunks(tmp_path):
+    df = _log(n_rows=300)
+    df["event"] = np.where(np.arange(300) % 3 == 0, "click", "buy")
+    p = _write(df, tmp_path / "log.csv")
+    many, one = data.load_files(p, chunk_rows=17), data.load_files(p)
+    _same(many, one)
+    assert list(many.interactions.event) == list(df["event"])
+    assert many.stats()["memory_per_interaction_bytes"] == 36.0  # an 8-byte pointer to a shared string
+
+
+def test_jsonl_keys_that_appear_in_later_chunks(tmp_path):
+    p = tmp_path / "log.jsonl"
+    rows = [{"user_id": "a", "item_id": "x"}] * 3 + [{"user_id": "b", "item_id": "y", "timestamp": 5, "rating": 4}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = data.load_files(p, chunk_rows=2)
+    assert np.isnan(ds.interactions.timestamp[:3]).all() and ds.interactions.timestamp[3] == 5
+    assert ds.interactions.value[3] == 4 and np.isnan(ds.interactions.value[0])
