@@ -19,6 +19,7 @@ from .errors import DataError, UnknownNameError
 
 FORMATS = ("csv", "tsv", "jsonl", "parquet")
 CHUNK_ROWS = 1_000_000  # rows per chunk: bounded memory whatever the file's length
+JSONL_CHUNK_ROWS = 200_000  # a parsed JSON line is a dict (~0.5 kB): smaller chunks, the same bound
 _SEPS = {"csv": ",", "tsv": "\t"}
 
 
@@ -186,7 +187,7 @@ def iter_chunks(path: str | Path, fmt: str | None = None, columns: dict[str, str
     if fmt in _SEPS:
         chunks = _delimited_chunks(path, fmt, chunk_rows)
     elif fmt == "jsonl":
-        chunks = _jsonl_chunks(path, chunk_rows)
+        chunks = _jsonl_chunks(path, min(chunk_rows, JSONL_CHUNK_ROWS))
     elif fmt == "parquet":
         chunks = _parquet_chunks(path, chunk_rows)
     else:
