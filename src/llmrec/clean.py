@@ -80,11 +80,11 @@ def _with_active(rep: Report, ds: Dataset) -> Report:
                   "items with interactions remain")
 
 
-def apply(ds: Dataset, *, duplicates: str = "keep", min_rating_: float | None = None,
+def apply(ds: Dataset, *, duplicates: str = "keep", rating_floor: float | None = None,
           k: int | None = None, path: str | None = None,
           locate: Callable[[int], int] | None = None) -> tuple[Dataset, list[Report]]:
     """The cleaning steps the command line offers, in this order: duplicates (``keep``, ``drop`` all but
-    the latest of each user-item pair, or ``error`` with their count), ``min_rating_``, then the
+    the latest of each user-item pair, or ``error`` with their count), ``rating_floor`` (min_rating), then the
     ``k``-core. ``locate(row)`` may give the file line of an interaction for the error message."""
     if duplicates not in DUPLICATES:
         raise DataError(f"duplicates must be one of {', '.join(DUPLICATES)}, got {duplicates!r}")
@@ -100,10 +100,10 @@ def apply(ds: Dataset, *, duplicates: str = "keep", min_rating_: float | None = 
     elif duplicates == "drop":
         ds, rep = drop_duplicates(ds)
         reports.append(_with_active(rep, ds))
-    if min_rating_ is not None:
+    if rating_floor is not None:
         if np.isnan(ds.interactions.value).all():
-            raise DataError(f"min rating {min_rating_:g}: the data has no rating or value column")
-        ds, rep = min_rating(ds, min_rating_)
+            raise DataError(f"min rating {rating_floor:g}: the data has no rating or value column")
+        ds, rep = min_rating(ds, rating_floor)
         reports.append(_with_active(rep, ds))
     if k is not None:
         if k < 1:

@@ -101,7 +101,7 @@ def cleaning_options(args: argparse.Namespace) -> dict:
 
 def _clean(ds, opts: dict, path: str | None = None, locate=None):
     from . import clean
-    ds, reports = clean.apply(ds, duplicates=opts.get("duplicates", "keep"), min_rating_=opts.get("min_rating"),
+    ds, reports = clean.apply(ds, duplicates=opts.get("duplicates", "keep"), rating_floor=opts.get("min_rating"),
                               k=opts.get("k_core"), path=path, locate=locate)
     if reports:
         ds.meta["cleaning"] = [str(r) for r in reports]
