@@ -1,10 +1,10 @@
 """Data at scale: the synthetic generator's seconds and peak memory for 10k, 100k and 1M items (and 1M items
-with 10M events), and loading a generated CSV log of 1M and 10M lines in chunks (seconds, peak memory,
-bytes per interaction of the loaded arrays). Each case runs in its own process, so each peak is its own.
-Writes benchmarks/results/data_scale.json and prints a Markdown table.
+with 10M events), and loading a generated CSV / JSONL log of 1M and 10M lines in chunks (seconds, peak
+memory, bytes per interaction of the loaded arrays). Each case runs in its own process, so each peak is its
+own. Writes benchmarks/results/data_scale.json and prints a Markdown table.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_scale.py
-    python benchmarks/data_scale.py --generate 100000:10000:2000000 --load 1000000
+    OMP_NUM_THREADS=1 python benchmarks/data_scale.py --baseline-src ../main/src
+    python benchmarks/data_scale.py --generate 100000:10000:2000000 --load 1000000:csv
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 GENERATE = ["100000:10000:2000000", "100000:100000:2000000", "100000:1000000:2000000", "500000:1000000:10000000"]
-LOAD = [1_000_000, 10_000_000]
+LOAD = ["1000000:csv", "10000000:csv", "1000000:jsonl", "10000000:jsonl"]
+BASELINE_MAX_JSONL = 1_000_000  # a whole-file JSONL reader keeps a dict per line: ~9 GB at 10M lines
 
 
 def _rss_mb() -> float:
@@ -42,21 +43,27 @@ def child_generate(users: int, items: int, events: int) -> dict:
             **{k: v for k, v in ds.memory().items()}}
 
 
-def child_load(lines: int, folder: str) -> dict:
+def child_load(lines: int, folder: str, fmt: str) -> dict:
     import numpy as np
     import pandas as pd
 
     from llmrec import data
-    path = Path(folder) / f"log_{lines}.csv"
+    path = Path(folder) / f"log_{lines}.{fmt}"
     if not path.exists():  # written in pieces, so the writer's own memory stays small
         rng = np.random.default_rng(0)
         with open(path, "w") as f:
-            f.write("user_id,item_id,timestamp,rating\n")
-            for start in range(0, lines - 1, 1_000_000):
-                n = min(1_000_000, lines - 1 - start)
-                pd.DataFrame({"user_id": rng.integers(0, lines // 20, n), "item_id": rng.integers(0, 10**6, n),
-                              "timestamp": start + np.arange(n), "rating": rng.integers(1, 6, n)}
-                             ).to_csv(f, header=False, index=False)
+            if fmt == "csv":
+                f.write("user_id,item_id,timestamp,rating\n")
+            rows = lines - 1 if fmt == "csv" else lines
+            for start in range(0, rows, 1_000_000):
+                n = min(1_000_000, rows - start)
+                df = pd.DataFrame({"user_id": rng.integers(0, lines // 20, n), "item_id": rng.integers(0, 10**6, n),
+                                   "timestamp": start + np.arange(n), "rating": rng.integers(1, 6, n)})
+                if fmt == "csv":
+                    df.to_csv(f, header=False, index=False)
+                else:
+                    df["user_id"] = "u" + df["user_id"].astype(str)  # string ids, number items
+                    df.to_json(f, orient="records", lines=True)
         return {"written": str(path)}
     base = _rss_mb()
     t0 = time.perf_counter()
@@ -64,7 +71,7 @@ def child_load(lines: int, folder: str) -> dict:
     sec = time.perf_counter() - t0
     inter = ds.interactions
     arrays = sum(a.nbytes for a in (inter.user, inter.item, inter.timestamp, inter.value))
-    return {"lines": lines, "file_mb": round(path.stat().st_size / 2**20), "interactions": len(inter),
+    return {"format": fmt, "lines": lines, "file_mb": round(path.stat().st_size / 2**20), "interactions": len(inter),
             "users": ds.n_users, "items": ds.n_items, "seconds": round(sec, 2), "peak_rss_mb": round(_rss_mb()),
             "rss_after_imports_mb": round(base), "memory_interactions_bytes": int(arrays),
             "memory_per_interaction_bytes": round(arrays / len(inter), 2), "llmrec": data.__file__}
@@ -80,7 +87,7 @@ def _run(args: list[str], src: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--generate", nargs="*", default=GENERATE, metavar="USERS:ITEMS:EVENTS")
-    p.add_argument("--load", nargs="*", type=int, default=LOAD, metavar="LINES")
+    p.add_argument("--load", nargs="*", default=LOAD, metavar="LINES:FORMAT")
     p.add_argument("--baseline-src", metavar="DIR",
                    help="also load each CSV with the llmrec source tree in DIR (e.g. an older checkout's src)")
     p.add_argument("--out", type=Path, default=RESULTS / "data_scale.json")
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        res = (child_generate(*map(int, rest)) if kind == "generate" else child_load(int(rest[0]), rest[1]))
+        res = (child_generate(*map(int, rest)) if kind == "generate" else child_load(int(rest[0]), rest[1], rest[2]))
         print(json.dumps(res))
         return 0
     gen, load, baseline = [], [], []
@@ -96,17 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         gen.append(_run(["generate", *case.split(":")]))
         print(json.dumps(gen[-1]), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for lines in args.load:
-            _run(["load", str(lines), tmp])
-            load.append(_run(["load", str(lines), tmp]))
+        for case in args.load:
+            lines, fmt = case.split(":")
+            _run(["load", lines, tmp, fmt])
+            load.append(_run(["load", lines, tmp, fmt]))
             print(json.dumps(load[-1]), flush=True)
-            if args.baseline_src:
-                baseline.append(_run(["load", str(lines), tmp], src=args.baseline_src))
+            if args.baseline_src and (fmt != "jsonl" or int(lines) <= BASELINE_MAX_JSONL):
+                baseline.append(_run(["load", lines, tmp, fmt], src=args.baseline_src))
                 print(json.dumps(baseline[-1]), flush=True)
     out = {"what": "synthetic generation and chunked CSV loading: seconds and peak resident memory, "
                    "one process per case (peak_rss_mb includes the interpreter and imports: "
                    "rss_after_imports_mb)",
-           "generate": gen, "load_csv": load, **({"load_csv_baseline": baseline} if baseline else {}),
+           "generate": gen, "load": load,
+           **({"load_baseline": baseline, "baseline_src": args.baseline_src,
+               "baseline_note": f"JSONL above {BASELINE_MAX_JSONL:,} lines is not loaded with the baseline: a "
+                                "whole-file reader keeps a dict per line"} if baseline else {}),
            "load_average_1min_at_end": round(os.getloadavg()[0], 1),
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
            "date": dt.date.today().isoformat(),
@@ -119,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in gen:
         print(f"| {r['dataset']} | {r['users']:,} | {r['items']:,} | {r['events']:,} | {r['seconds']} | "
               f"{r['peak_rss_mb']:,} |")
-    print("\n| load CSV lines | MB | seconds | peak MB | bytes/interaction |\n|---|---|---|---|---|")
+    print("\n| load | lines | MB | seconds | peak MB | bytes/interaction |\n|---|---|---|---|---|---|")
     for r in load + baseline:
-        print(f"| {r['lines']:,} | {r['file_mb']} | {r['seconds']} | {r['peak_rss_mb']:,} | "
+        who = "baseline" if r in baseline else "chunked"
+        print(f"| {r['format']} {who} | {r['lines']:,} | {r['file_mb']} | {r['seconds']} | {r['peak_rss_mb']:,} | "
               f"{r['memory_per_interaction_bytes']} |")
     print(f"-> {args.out}")
     return 0
