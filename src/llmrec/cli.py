@@ -49,6 +49,14 @@ def add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
     g.add_argument("--unknown-items", choices=["error", "drop", "add"], default="error",
                    help="log items missing from the catalogue (default: error)")
+    g = p.add_argument_group("cleaning (in this order; each step reports what it removed)")
+    g.add_argument("--duplicates", choices=["keep", "drop", "error"], default="keep",
+                   help="repeated user-item pairs: keep them (default), drop all but the latest, or stop "
+                        "with their count")
+    g.add_argument("--min-rating", type=float, default=None, metavar="X",
+                   help="drop interactions rated below X (e.g. 1 drops Book-Crossing's implicit zeros)")
+    g.add_argument("--k-core", type=int, default=None, metavar="K",
+                   help="repeatedly drop users and items with fewer than K interactions")
     p.set_defaults(_data_required=required)
 
 
@@ -65,17 +73,41 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def load_data(args: argparse.Namespace):
     from . import data, datasets
-    from .io import parse_column_map
+    from .io import line_of_row, parse_column_map
     if args.dataset and args.interactions:
         raise LLMRecError("pass either --dataset or --interactions, not both")
+    path = locate = None
     if args.dataset:
-        return datasets.load(args.dataset)
-    if args.interactions:
-        return data.load_files(args.interactions, args.items,
-                               interaction_columns=parse_column_map(args.columns),
-                               item_columns=parse_column_map(args.item_columns),
-                               unknown_items=args.unknown_items)
-    raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+        ds = datasets.load(args.dataset)
+    elif args.interactions:
+        ds = data.load_files(args.interactions, args.items,
+                             interaction_columns=parse_column_map(args.columns, data.LOG_COLUMNS),
+                             item_columns=parse_column_map(args.item_columns),
+                             unknown_items=args.unknown_items)
+        path = str(args.interactions)
+        if args.unknown_items != "drop":  # rows still match the file's
+            locate = lambda row: line_of_row(path, row)  # noqa: E731
+    else:
+        raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    return _clean(ds, cleaning_options(args), path=path, locate=locate)
+
+
+def cleaning_options(args: argparse.Namespace) -> dict:
+    """The cleaning options given (none: an empty dict), as a model card keeps them."""
+    opts = {"duplicates": getattr(args, "duplicates", "keep"), "min_rating": getattr(args, "min_rating", None),
+            "k_core": getattr(args, "k_core", None)}
+    return {k: v for k, v in opts.items() if v not in (None, "keep")}
+
+
+def _clean(ds, opts: dict, path: str | None = None, locate=None):
+    from . import clean
+    ds, reports = clean.apply(ds, duplicates=opts.get("duplicates", "keep"), rating_floor=opts.get("min_rating"),
+                              k=opts.get("k_core"), path=path, locate=locate)
+    if reports:
+        ds.meta["cleaning"] = [str(r) for r in reports]
+        for r in reports:
+            print(f"llmrec: {r}", file=sys.stderr)
+    return ds
 
 
 def build_model(args: argparse.Namespace):
@@ -117,13 +149,17 @@ def cmd_data_fetch(args) -> int:
 def cmd_data_stats(args) -> int:
     if args.name and not args.dataset:
         args.dataset = args.name
+    from .split import loo_order
     ds = load_data(args)
     stats = ds.stats()
+    stats["leave_one_out_order"] = loo_order(ds.interactions)
+    if ds.meta.get("cleaning"):
+        stats["cleaning"] = ds.meta["cleaning"]
     if args.json:
         _print_json(stats)
     else:
         for k, v in stats.items():
-            print(f"{k:>24}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:>24}: {v}")
+            print(f"{k:>28}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:>28}: {v}")
     return 0
 
 
@@ -141,7 +177,8 @@ def _load_checkpoint_data(args, model):
         name = model.card.get("dataset")
         if not name:
             raise LLMRecError("the checkpoint names no data set: pass --dataset or --interactions")
-        ds = datasets.load(name)
+        # cleaned as it was for training (the card keeps the options), unless other options are given
+        ds = _clean(datasets.load(name), cleaning_options(args) or model.card.get("cleaning_options", {}))
     if len(ds.catalog) != len(model.catalog) or list(ds.catalog.ids.ids()) != list(model.catalog.ids.ids()):
         raise LLMRecError(f"the checkpoint was trained on another catalogue ({len(model.catalog)} items) "
                           f"than data set {ds.name!r} ({len(ds.catalog)} items)")
@@ -168,6 +205,8 @@ def cmd_train(args) -> int:
                              progress=not args.json)
     card = {"dataset": ds.name, "protocol": test.protocol, "valid_metrics": valid.metrics,
             "test_metrics": test.metrics, "fit_seconds": round(fit_s, 2)}
+    if ds.meta.get("cleaning"):
+        card.update(cleaning=ds.meta["cleaning"], cleaning_options=cleaning_options(args))
     card.update(getattr(model, "card_extra", lambda: {})())
     model.set_histories(ds.histories())  # serve from everything known, not the train split alone
     model.save(out, card=card)
@@ -203,6 +242,8 @@ def cmd_evaluate(args) -> int:
     out = {"dataset": ds.name, "model": model.name, "protocol": res.protocol, "metrics": res.metrics,
            "users_evaluated": res.n_users, "candidates": res.n_candidates,
            "fit_seconds": round(fit_s, 3), "eval_seconds": round(res.seconds, 3)}
+    if ds.meta.get("cleaning"):
+        out["cleaning"] = ds.meta["cleaning"]
     if args.json:
         _print_json(out)
     else:

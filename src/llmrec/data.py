@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import DataError, UnknownNameError
-from .io import detect_format, line_of, read_table
+from .io import CHUNK_ROWS, check_column_keys, detect_format, iter_chunks, line_of_row, read_table
 
 TEXT_FIELDS = ("title", "description", "tags", "genres", "year")
 
@@ -24,10 +26,23 @@ class IdMap:
 
     def __init__(self, ids: Iterable[object] = (), kind: str = "id"):
         self.kind = kind
-        self._ids: list[str] = []
-        self._index: dict[str, int] = {}
-        for x in ids:
-            self.add(x)
+        # the first occurrence of a repeated id keeps its place
+        self._ids: list[str] = list(dict.fromkeys(x if type(x) is str else str(x) for x in ids))
+        self._lookup: dict[str, int] | None = None
+
+    @classmethod
+    def distinct(cls, ids: list[str], kind: str = "id") -> IdMap:
+        """From ids known to be distinct strings (a loader's factorised ids): nothing checked or hashed."""
+        out = cls(kind=kind)
+        out._ids = ids
+        return out
+
+    @property
+    def _index(self) -> dict[str, int]:
+        """id -> index, built on the first lookup: loading a log with a million ids needs none."""
+        if self._lookup is None:
+            self._lookup = dict(zip(self._ids, range(len(self._ids))))
+        return self._lookup
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -83,7 +98,7 @@ class Catalog:
         dup = frame["item_id"].duplicated()
         if dup.any():
             row = int(np.flatnonzero(dup.to_numpy())[0])
-            line = line_of(row, detect_format(path)) if path else None
+            line = line_of_row(path, row) if path else None
             raise DataError(f"duplicate item id {frame['item_id'].iloc[row]!r}", path=path, line=line,
                             field="item_id")
         frame = frame.reset_index(drop=True)
@@ -234,13 +249,33 @@ class Dataset:
         }
         if n_inter and inter.has_time:
             out["time_range"] = [float(np.nanmin(inter.timestamp)), float(np.nanmax(inter.timestamp))]
+        out.update(self.memory())
         return out
 
+    def memory(self) -> dict:
+        """Bytes held by the loaded interaction arrays (per interaction too) and the catalogue frame."""
+        inter = self.interactions
+        arrays = [inter.user, inter.item, inter.timestamp, inter.value]
+        if inter.event is not None:
+            arrays.append(inter.event)  # pointers; the event strings themselves are shared
+        inter_bytes = int(sum(a.nbytes for a in arrays))
+        cat_bytes = int(self.catalog.frame.memory_usage(index=True, deep=True).sum())
+        return {"memory_interactions_bytes": inter_bytes,
+                "memory_per_interaction_bytes": round(inter_bytes / max(1, len(inter)), 2),
+                "memory_catalog_bytes": cat_bytes, "memory_total_bytes": inter_bytes + cat_bytes}
 
-def _parse_numbers(series: pd.Series, path: str | None, fmt: str, fieldname: str,
-                   allow_dates: bool = False) -> np.ndarray:
+
+LOG_COLUMNS = ("user_id", "item_id", "timestamp", "rating", "value", "event")
+
+
+def _bad_numbers(series: pd.Series, allow_dates: bool = False) -> tuple[np.ndarray, int | None]:
+    """``series`` as float64 and the position of the first value that is not a number (or a date)."""
     if pd.api.types.is_numeric_dtype(series):
-        return series.to_numpy(dtype=np.float64)
+        return series.to_numpy(dtype=np.float64), None
+    try:  # the common case, plain numbers, parsed by Arrow in C; anything else takes the careful path
+        return pc.cast(pa.Array.from_pandas(series), pa.float64()).to_numpy(zero_copy_only=False), None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        pass
     s = series.astype(str).str.strip()
     nums = pd.to_numeric(s, errors="coerce")
     bad = nums.isna() & (s != "")
@@ -251,12 +286,149 @@ def _parse_numbers(series: pd.Series, path: str | None, fmt: str, fieldname: str
         epoch = pd.Timestamp(0, tz="UTC")
         nums.loc[dates.index[ok]] = (dates[ok] - epoch).dt.total_seconds().to_numpy()
         bad = nums.isna() & (s != "")
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        what = "a number or an ISO-8601 date" if allow_dates else "a number"
-        raise DataError(f"expected {what}, got {s.iloc[row]!r}", path=path,
-                        line=line_of(row, fmt) if path else None, field=fieldname)
-    return nums.to_numpy(dtype=np.float64)
+    first = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else None
+    return nums.to_numpy(dtype=np.float64), first
+
+
+class _Vocab:
+    """Strings -> int64 codes in order of first appearance, over chunks. Each chunk is factorised on its
+    own and keeps its codes and its distinct values (Arrow strings, no Python object each); at the end
+    the chunks' distinct values are factorised together and every chunk's codes are mapped through."""
+
+    def __init__(self, start: int = 0):
+        self.start = start
+        self.codes: list[np.ndarray] = []
+        self.uniques: list[pd.Index] = []
+
+    def add(self, values: pd.Series) -> int:
+        """Factorise one chunk's values; returns the chunk's number for ``finish``."""
+        codes, uniques = pd.factorize(values, sort=False)
+        self.codes.append(codes)
+        self.uniques.append(uniques)
+        return len(self.codes) - 1
+
+    def finish(self) -> tuple[list[np.ndarray], list[str]]:
+        """Every chunk's global codes (``start + index``) and the distinct values in order."""
+        if not self.uniques:
+            return [], []
+        every = self.uniques[0].append(self.uniques[1:]) if len(self.uniques) > 1 else self.uniques[0]
+        glob, distinct = pd.factorize(every, sort=False)
+        out, at = [], 0
+        for codes, uniq in zip(self.codes, self.uniques):
+            out.append(glob[at:at + len(uniq)].astype(np.int64)[codes] + self.start)
+            at += len(uniq)
+        self.codes, self.uniques = [], []
+        return out, [str(x) for x in distinct.tolist()]
+
+
+class _LogBuilder:
+    """Interaction frames, chunk by chunk, into the int64 / float arrays of an ``Interactions``.
+
+    Ids are factorised chunk by chunk (``_Vocab``: int64 codes, Arrow strings for the distinct ids, no
+    Python object per cell), so a log of any length costs its arrays, its distinct ids and one chunk.
+    Rows are numbered across chunks as the reader counts them; a bad row is turned into a file line only
+    when it is reported.
+    """
+
+    def __init__(self, catalog: Catalog | None, unknown_items: str, path: str | None,
+                 catalog_path: str | None = None):
+        if unknown_items not in ("error", "drop", "add"):
+            raise DataError(f"unknown_items must be 'error', 'drop' or 'add', got {unknown_items!r}")
+        self.catalog, self.unknown_items, self.path = catalog, unknown_items, path
+        self.catalog_path = catalog_path
+        self.fmt = detect_format(path) if path else None
+        self.users = _Vocab()
+        self.items = _Vocab(start=len(catalog) if catalog is not None else 0)  # log items not in a catalogue
+        self._index = pd.Index(catalog.frame["item_id"]) if catalog is not None else None
+        self.parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "ts": [], "value": [],
+                                                    "event": []}
+        self.fill: list[tuple[int, np.ndarray, int]] = []  # (chunk, rows, vocab chunk) of item codes to map
+        self.rows = 0
+        self.any_event = False
+
+    def _error(self, message: str, row: int, fieldname: str | None) -> DataError:
+        line = line_of_row(self.path, row, self.fmt) if self.path else None
+        return DataError(message, path=self.path, line=line, field=fieldname)
+
+    def add(self, df: pd.DataFrame) -> None:
+        offset = self.rows
+        self.rows += len(df)
+        for col in ("user_id", "item_id"):
+            if col not in df.columns:
+                raise DataError(f"no '{col}' column; columns are {list(df.columns)} "
+                                f"(map one with a column mapping, e.g. {col}=...)", path=self.path,
+                                field=col)
+        rows = np.arange(len(df))  # each kept row's position in this chunk
+        user_s, item_s = (df[c].astype(str) for c in ("user_id", "item_id"))
+        for col, s in (("user_id", user_s), ("item_id", item_s)):
+            empty = df[col].isna().to_numpy() | (s.str.strip() == "").to_numpy()
+            if empty.any():
+                raise self._error("empty id", offset + int(np.flatnonzero(empty)[0]), col)
+        chunk = len(self.parts["user"])
+        if self._index is None:
+            item = np.full(len(df), -1, dtype=np.int64)
+            self.fill.append((chunk, rows, self.items.add(item_s)))
+        else:
+            item = self._index.get_indexer(item_s)
+            unknown = item < 0
+            if unknown.any():
+                if self.unknown_items == "error":
+                    row = int(np.flatnonzero(unknown)[0])
+                    raise self._error(
+                        f"item {item_s.iloc[row]!r} is not in the catalogue"
+                        + (f" {self.catalog_path}" if self.catalog_path else "")
+                        + f" ({int(unknown.sum()):,} such rows in the {self.rows:,} read so far; pass "
+                        "unknown_items='drop' or 'add')", offset + row, "item_id")
+                if self.unknown_items == "drop":
+                    rows, item = rows[~unknown], item[~unknown]
+                else:
+                    self.fill.append((chunk, np.flatnonzero(unknown), self.items.add(item_s[unknown])))
+        if len(rows) < len(df):
+            df, user_s = df.iloc[rows], user_s.iloc[rows]
+        parts = self.parts
+        parts["user"].append(self.users.add(user_s))
+        parts["item"].append(item.astype(np.int64, copy=False))
+        ts = np.full(len(df), np.nan)
+        if "timestamp" in df.columns:
+            ts, bad = _bad_numbers(df["timestamp"], allow_dates=True)
+            if bad is not None:
+                what = "a number or an ISO-8601 date"
+                raise self._error(f"expected {what}, got {str(df['timestamp'].iloc[bad]).strip()!r}",
+                                  offset + int(rows[bad]), "timestamp")
+        parts["ts"].append(ts)
+        vcol = "rating" if "rating" in df.columns else ("value" if "value" in df.columns else None)
+        value = np.full(len(df), np.nan)
+        if vcol:
+            value, bad = _bad_numbers(df[vcol])
+            if bad is not None:
+                raise self._error(f"expected a number, got {str(df[vcol].iloc[bad]).strip()!r}",
+                                  offset + int(rows[bad]), vcol)
+        parts["value"].append(value.astype(np.float32))
+        if "event" in df.columns:
+            self.any_event = True
+            # a categorical's values share one string object per distinct event
+            parts["event"].append(np.asarray(pd.Categorical(df["event"].astype(str)), dtype=object))
+        else:
+            parts["event"].append(np.full(len(df), None, dtype=object))
+
+    def finish(self, name: str) -> Dataset:
+        user_codes, user_ids = self.users.finish()
+        self.parts["user"] = user_codes
+        item_codes, new_items = self.items.finish()
+        for chunk, rows, k in self.fill:
+            self.parts["item"][chunk][rows] = item_codes[k]
+        cat = lambda k, dtype: (np.concatenate(self.parts[k]) if self.parts[k]  # noqa: E731
+                                else np.zeros(0, dtype=dtype))
+        inter = Interactions(cat("user", np.int64), cat("item", np.int64), cat("ts", np.float64),
+                             cat("value", np.float32), cat("event", object) if self.any_event else None)
+        self.parts.clear()
+        catalog = self.catalog
+        if catalog is None:  # the log's items, in order of first appearance
+            catalog = Catalog(frame=pd.DataFrame({"item_id": new_items}), ids=IdMap.distinct(new_items, kind="item"))
+        elif new_items:
+            catalog, _ = catalog.upsert(pd.DataFrame({"item_id": new_items}))
+        return Dataset(name=name, catalog=catalog, users=IdMap.distinct(user_ids, kind="user"),
+                       interactions=inter)
 
 
 def build_dataset(name: str, interactions: pd.DataFrame, items: pd.DataFrame | None = None, *,
@@ -265,61 +437,36 @@ def build_dataset(name: str, interactions: pd.DataFrame, items: pd.DataFrame | N
     """Turn an interaction frame (user_id, item_id, [timestamp], [rating|value], [event]) and an optional
     item frame into a Dataset. ``unknown_items``: "error" | "drop" | "add" for log items missing
     from the catalogue."""
-    fmt = detect_format(interactions_path) if interactions_path else "csv"
-    for col in ("user_id", "item_id"):
-        if col not in interactions.columns:
-            raise DataError(f"no '{col}' column; columns are {list(interactions.columns)} "
-                            f"(map one with a column mapping, e.g. {col}=...)",
-                            path=interactions_path, field=col)
-    df = interactions.reset_index(drop=True)
-    for col in ("user_id", "item_id"):
-        empty = df[col].isna() | (df[col].astype(str).str.strip() == "")
-        if empty.any():
-            row = int(np.flatnonzero(empty.to_numpy())[0])
-            raise DataError("empty id", path=interactions_path,
-                            line=line_of(row, fmt) if interactions_path else None, field=col)
+    return build_from_chunks(name, [interactions.reset_index(drop=True)], items,
+                             interactions_path=interactions_path, items_path=items_path,
+                             unknown_items=unknown_items)
+
+
+def build_from_chunks(name: str, chunks: Iterable[pd.DataFrame], items: pd.DataFrame | None = None, *,
+                      interactions_path: str | None = None, items_path: str | None = None,
+                      unknown_items: str = "error") -> Dataset:
+    """``build_dataset`` over an interaction log that arrives in frames (``io.iter_chunks``)."""
     catalog = Catalog.from_frame(items, path=items_path) if items is not None else None
-    item_ids = df["item_id"].astype(str)
-    if catalog is None:
-        catalog = Catalog.from_ids(pd.unique(item_ids))
-    else:
-        known = item_ids.isin(catalog.frame["item_id"])
-        if not known.all():
-            if unknown_items == "error":
-                row = int(np.flatnonzero(~known.to_numpy())[0])
-                raise DataError(f"item {item_ids.iloc[row]!r} is not in the catalogue"
-                                + (f" {items_path}" if items_path else "")
-                                + f" ({int((~known).sum())} such rows; pass unknown_items='drop' or 'add')",
-                                path=interactions_path,
-                                line=line_of(row, fmt) if interactions_path else None, field="item_id")
-            if unknown_items == "drop":
-                df, item_ids = df[known.to_numpy()].reset_index(drop=True), item_ids[known].reset_index(drop=True)
-            else:
-                catalog, _ = catalog.upsert(pd.DataFrame({"item_id": pd.unique(item_ids[~known])}))
-    users = IdMap(pd.unique(df["user_id"].astype(str)), kind="user")
-    user = users.indices(df["user_id"].astype(str))
-    item = catalog.ids.indices(item_ids)
-    ts = (_parse_numbers(df["timestamp"], interactions_path, fmt, "timestamp", allow_dates=True)
-          if "timestamp" in df.columns else np.full(len(df), np.nan))
-    vcol = "rating" if "rating" in df.columns else ("value" if "value" in df.columns else None)
-    value = (_parse_numbers(df[vcol], interactions_path, fmt, vcol).astype(np.float32)
-             if vcol else np.full(len(df), np.nan, dtype=np.float32))
-    event = df["event"].astype(str).to_numpy(dtype=object) if "event" in df.columns else None
-    return Dataset(name=name, catalog=catalog, users=users,
-                   interactions=Interactions(user, item, ts, value, event))
+    builder = _LogBuilder(catalog, unknown_items, interactions_path, items_path)
+    for chunk in chunks:
+        builder.add(chunk)
+    return builder.finish(name)
 
 
 def load_files(interactions: str | Path, items: str | Path | None = None, *,
                interaction_columns: dict[str, str] | None = None,
                item_columns: dict[str, str] | None = None, name: str | None = None,
-               unknown_items: str = "error") -> Dataset:
-    """Load a data set from an interaction file and an optional item file (CSV, TSV, JSONL, Parquet)."""
-    inter_df = read_table(interactions, columns=interaction_columns)
+               unknown_items: str = "error", chunk_rows: int = CHUNK_ROWS) -> Dataset:
+    """Load a data set from an interaction file and an optional item file (CSV, TSV, JSONL, Parquet).
+    The log is read ``chunk_rows`` rows at a time. ``interaction_columns`` keys are ``LOG_COLUMNS``."""
+    if interaction_columns:
+        check_column_keys(interaction_columns, LOG_COLUMNS)
     items_df = read_table(items, columns=item_columns) if items is not None else None
-    return build_dataset(name or Path(interactions).stem, inter_df, items_df,
-                         interactions_path=str(interactions),
-                         items_path=str(items) if items is not None else None,
-                         unknown_items=unknown_items)
+    return build_from_chunks(name or Path(interactions).stem,
+                             iter_chunks(interactions, columns=interaction_columns, chunk_rows=chunk_rows),
+                             items_df, interactions_path=str(interactions),
+                             items_path=str(items) if items is not None else None,
+                             unknown_items=unknown_items)
 
 
 def load_catalog(path: str | Path, columns: dict[str, str] | None = None) -> Catalog:

@@ -17,6 +17,13 @@ UNTIMED = ("the data has no timestamps, so each user's interactions are put in a
            "instead of file order, which can be sorted by item id and would leak the held-out item; then ")
 
 
+def loo_order(inter: Interactions, seed: int = 0) -> str:
+    """How leave-one-out orders each user's interactions on this log."""
+    if inter.has_time:
+        return "by timestamp (ties keep file order)"
+    return f"no timestamps: a seeded random order per user (seed {seed}), never file order"
+
+
 def random_order(inter: Interactions, seed: int = 0) -> Interactions:
     """``inter`` with each interaction's timestamp replaced by its rank in one seeded random permutation:
     every user's history then follows a random order, the same for every model and every run."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import Dataset, build_dataset
+from .data import Catalog, Dataset, IdMap, Interactions
 from .errors import UnknownNameError
 
 TOPICS = [
@@ -29,67 +29,126 @@ TOPICS = [
 KINDS = ["book", "film", "guide", "album", "course", "magazine"]
 
 
-def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: int = 20,
-         p_next: float = 0.6, p_topic: float = 0.3, n_topics: int | None = None) -> Dataset:
-    """A synthetic data set. Deterministic in ``seed``; any size."""
+def _chains(rng: np.random.Generator, topic_of: np.ndarray, n_topics: int):
+    """Each topic's items in a random order (``members[starts[t]:starts[t] + counts[t]]``) and
+    ``successor[i]``, the item after ``i`` in its topic's chain (cyclic)."""
+    n_items = len(topic_of)
+    members = np.lexsort((rng.random(n_items), topic_of))
+    counts = np.bincount(topic_of, minlength=n_topics)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    nxt = np.arange(1, n_items + 1)
+    nonempty = counts > 0
+    nxt[(starts + counts - 1)[nonempty]] = starts[nonempty]
+    successor = np.empty(n_items, dtype=np.int64)
+    successor[members] = members[nxt] if n_items else members
+    return members, starts, counts, successor
+
+
+def _catalog(rng: np.random.Generator, topic_of: np.ndarray) -> pd.DataFrame:
+    n_items = len(topic_of)
+    w0 = rng.integers(0, 6, size=n_items)  # two different words of the item's topic
+    w1 = (w0 + rng.integers(1, 6, size=n_items)) % 6
+    kind = rng.integers(0, len(KINDS), size=n_items)
+    words = [w for _, w in TOPICS]
+    titled = [[w.title() for w in ws] for ws in words]
+    kinds = [k.title() for k in KINDS]
+    t, a, b, k = topic_of.tolist(), w0.tolist(), w1.tolist(), kind.tolist()
+    rows = range(n_items)
+    return pd.DataFrame({
+        "item_id": [f"i{i}" for i in rows],
+        "title": [f"The {titled[t[i]][a[i]]} {kinds[k[i]]} {i}" for i in rows],
+        "description": [f"A {KINDS[k[i]]} about {TOPICS[t[i]][0]}: {words[t[i]][a[i]]} and {words[t[i]][b[i]]}."
+                        for i in rows],
+        "tags": [f"{TOPICS[t[i]][0]}, {words[t[i]][a[i]]}, {words[t[i]][b[i]]}" for i in rows],
+        "genres": [TOPICS[t[i]][0] for i in rows]})
+
+
+def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: float = 20,
+         p_next: float = 0.6, p_topic: float = 0.3, n_topics: int | None = None,
+         n_events: int | None = None) -> Dataset:
+    """A synthetic data set. Deterministic in ``seed``; any size. ``n_events`` (about that many
+    interactions) sets ``mean_length`` to ``n_events / n_users``.
+
+    Cost: O(items + events) time and memory. All users take their k-th step together (a vectorised
+    walk), so the work never grows with users x items.
+    """
+    if n_users < 1 or n_items < 1:
+        raise ValueError("a synthetic data set needs at least one user and one item")
+    if n_events is not None:
+        mean_length = n_events / n_users
     rng = np.random.default_rng(seed)
     n_topics = min(len(TOPICS), n_topics or max(2, min(len(TOPICS), n_items // 10)))
     topic_of = rng.integers(0, n_topics, size=n_items)
-    # each topic's items form a chain in a random order: successor[i] is the next item in i's topic
-    successor = np.empty(n_items, dtype=np.int64)
-    for t in range(n_topics):
-        members = rng.permutation(np.flatnonzero(topic_of == t))
-        if len(members) == 0:
-            continue
-        successor[members] = np.roll(members, -1)
-    popularity = rng.zipf(1.5, size=n_items).astype(np.float64)
-    popularity = np.minimum(popularity, 50.0)
-    popularity /= popularity.sum()
+    members, starts, counts, successor = _chains(rng, topic_of, n_topics)
+    popularity = np.minimum(rng.zipf(1.5, size=n_items).astype(np.float64), 50.0)
+    cdf = np.cumsum(popularity / popularity.sum())
+    items = _catalog(rng, topic_of)
 
-    titles, descriptions, tags, genres = [], [], [], []
-    for i in range(n_items):
-        name, words = TOPICS[topic_of[i]]
-        w = rng.choice(words, size=2, replace=False)
-        kind = KINDS[rng.integers(len(KINDS))]
-        titles.append(f"The {w[0].title()} {kind.title()} {i}")
-        descriptions.append(f"A {kind} about {name}: {w[0]} and {w[1]}.")
-        tags.append(", ".join([name, *w]))
-        genres.append(name)
-    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(n_items)], "title": titles,
-                          "description": descriptions, "tags": tags, "genres": genres})
+    lengths = np.maximum(3, rng.poisson(mean_length, size=n_users)).astype(np.int64)
+    fav_a = rng.integers(0, n_topics, size=n_users)
+    fav_b = (fav_a + rng.integers(1, n_topics, size=n_users)) % n_topics if n_topics > 1 else fav_a
+    size_a = counts[fav_a]
+    size_b = counts[fav_b] if n_topics > 1 else np.zeros(n_users, dtype=np.int64)
+    t = rng.integers(0, 30 * 86400, size=n_users)  # users start within a month, then ~a day between items
 
-    users, item_col, ts = [], [], []
-    for u in range(n_users):
-        length = max(3, int(rng.poisson(mean_length)))
-        favs = rng.choice(n_topics, size=min(2, n_topics), replace=False)
-        fav_items = np.flatnonzero(np.isin(topic_of, favs))
-        cur = int(rng.choice(fav_items))
-        t = int(rng.integers(0, 30 * 86400))  # users start within a month, then ~a day between items
-        for _ in range(length):
-            users.append(f"u{u}")
-            item_col.append(f"i{cur}")
-            ts.append(t)
-            t += int(rng.exponential(86400)) + 1
-            r = rng.random()
-            if r < p_next:
-                cur = int(successor[cur])
-            elif r < p_next + p_topic:
-                cur = int(rng.choice(fav_items))
-            else:
-                cur = int(rng.choice(n_items, p=popularity))
-    inter = pd.DataFrame({"user_id": users, "item_id": item_col, "timestamp": ts})
-    ds = build_dataset(f"synthetic-{n_users}-{n_items}-{seed}", inter, items)
+    def popular(n: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right"), n_items - 1)
+
+    def favourite(users: np.ndarray) -> np.ndarray:
+        """A uniform item of each user's favourite topics (a popular one where they have no items)."""
+        sa, total = size_a[users], size_a[users] + size_b[users]
+        j = (rng.random(len(users)) * total).astype(np.int64)
+        in_a = j < sa
+        topic = np.where(in_a, fav_a[users], fav_b[users])
+        pos = np.where(in_a, j, j - sa)
+        out = members[np.minimum(starts[topic] + pos, n_items - 1)]
+        empty = total == 0
+        if empty.any():
+            out[empty] = popular(int(empty.sum()))
+        return out
+
+    # users by length, longest first: at step s the users still walking are a prefix of this order
+    by_length = np.argsort(-lengths, kind="stable")
+    walking = np.searchsorted(-lengths[by_length], -np.arange(lengths.max()), side="left")  # lengths > step
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    item = np.empty(int(lengths.sum()), dtype=np.int64)
+    ts = np.empty(len(item), dtype=np.float64)
+    cur = favourite(by_length)
+    for step, n in enumerate(walking):
+        users, cur = by_length[:n], cur[:n]
+        at = offsets[users] + step
+        item[at], ts[at] = cur, t[users]
+        t[users] += rng.exponential(86400, size=n).astype(np.int64) + 1
+        r = rng.random(n)
+        nxt = successor[cur]
+        topic = (r >= p_next) & (r < p_next + p_topic)
+        nxt[topic] = favourite(users[topic])
+        noise = r >= p_next + p_topic
+        nxt[noise] = popular(int(noise.sum()))
+        cur = nxt
+    name = f"synthetic-{n_users}-{n_items}-{seed}" + (f"-{n_events}" if n_events is not None else "")
+    catalog = Catalog.from_frame(items)
+    users = IdMap((f"u{u}" for u in range(n_users)), kind="user")
+    inter = Interactions(np.repeat(np.arange(n_users, dtype=np.int64), lengths), item, ts,
+                         np.full(len(item), np.nan, dtype=np.float32))
+    ds = Dataset(name=name, catalog=catalog, interactions=inter, users=users)
     ds.meta.update(topic_of=topic_of, successor=successor)
     return ds
 
 
+NAMES = ["synthetic", "synthetic-USERS-ITEMS-SEED", "synthetic-USERS-ITEMS-SEED-EVENTS"]
+
+
 def from_name(name: str) -> Dataset:
-    """``synthetic`` or ``synthetic-USERS-ITEMS[-SEED]``."""
+    """``synthetic``, ``synthetic-USERS-ITEMS[-SEED]`` or ``synthetic-USERS-ITEMS-SEED-EVENTS`` (about
+    EVENTS interactions in all)."""
     parts = name.split("-")
     try:
         nums = [int(p) for p in parts[1:]]
     except ValueError:
-        raise UnknownNameError("data set", name, ["synthetic", "synthetic-USERS-ITEMS-SEED"]) from None
-    if parts[0] != "synthetic" or len(nums) > 3:
-        raise UnknownNameError("data set", name, ["synthetic", "synthetic-USERS-ITEMS-SEED"])
+        raise UnknownNameError("data set", name, NAMES) from None
+    if parts[0] != "synthetic" or len(nums) > 4 or len(nums) == 1 or any(n < 0 for n in nums):
+        raise UnknownNameError("data set", name, NAMES)
+    if len(nums) == 4:
+        return make(*nums[:3], n_events=nums[3])
     return make(*nums)
