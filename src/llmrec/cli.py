@@ -73,10 +73,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 def load_data(args: argparse.Namespace):
     from . import data, datasets
-    from .io import line_of_row, parse_column_map
+    from .io import parse_column_map
     if args.dataset and args.interactions:
         raise LLMRecError("pass either --dataset or --interactions, not both")
-    path = locate = None
     if args.dataset:
         ds = datasets.load(args.dataset)
     elif args.interactions:
@@ -84,11 +83,17 @@ def load_data(args: argparse.Namespace):
                              interaction_columns=parse_column_map(args.columns, data.LOG_COLUMNS),
                              item_columns=parse_column_map(args.item_columns),
                              unknown_items=args.unknown_items)
-        path = str(args.interactions)
-        if args.unknown_items != "drop":  # rows still match the file's
-            locate = lambda row: line_of_row(path, row)  # noqa: E731
     else:
         raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    return clean_loaded(ds, args)
+
+
+def clean_loaded(ds, args: argparse.Namespace):
+    """``ds`` cleaned as the options say; errors in a log file name its line."""
+    from .io import line_of_row
+    path = str(args.interactions) if args.interactions else None
+    # rows still match the file's unless unknown items were dropped
+    locate = (lambda row: line_of_row(path, row)) if path and args.unknown_items != "drop" else None
     return _clean(ds, cleaning_options(args), path=path, locate=locate)
 
 
@@ -393,22 +398,27 @@ def _service_config(args):
 
 
 def _engine(args):
-    from . import service
+    """The engine ``serve`` and ``retrain`` run: a checkpoint, or a model fitted on the data options (the
+    same options, cleaning included, as the other commands; default ml-100k)."""
+    from . import data, service
     from .io import parse_column_map
     config = _service_config(args)  # bad options fail before the model loads
-    if args.model_dir and (args.model or args.encoder or args.overrides):
-        raise LLMRecError("pass either --model-dir or --model / --encoder / --set, not both: a checkpoint is "
-                          "its model")
-    model = None
-    if not args.model_dir:
+    progress = not getattr(args, "json", False)
+    if args.model_dir:
+        if args.model or args.encoder or args.overrides:
+            raise LLMRecError("pass either --model-dir or --model / --encoder / --set, not both: a checkpoint "
+                              "is its model")
+        model, source = service.load_source(dataset=args.dataset, items=args.items,
+                                            interactions=args.interactions, model_dir=args.model_dir)
+    else:
         args.model = args.model or service.default_model_name()
         model = build_model(args)
-    model, source = service.load_source(dataset=args.dataset, items=args.items,
-                                        interactions=args.interactions, model_dir=args.model_dir,
-                                        model=model, columns=parse_column_map(args.columns),
-                                        item_columns=parse_column_map(args.item_columns),
-                                        unknown_items=args.unknown_items,
-                                        progress=not getattr(args, "json", False))
+        ds, source = service.load_data(dataset=args.dataset, items=args.items, interactions=args.interactions,
+                                       columns=parse_column_map(args.columns, data.LOG_COLUMNS),
+                                       item_columns=parse_column_map(args.item_columns),
+                                       unknown_items=args.unknown_items, progress=progress)
+        ds = clean_loaded(ds, args)
+        model, source = service.fit_model(model, ds, progress), f"{source} [{model.name}]"
     data_dir = args.data_dir or service.default_data_dir(source)
     return service.open_engine(model, data_dir, source, config), data_dir
 

@@ -620,43 +620,56 @@ def _number(x, field: str, what: str) -> float:
 
 
 # -- what to serve ------------------------------------------------------------------------------------
-def load_source(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
-                model_dir: str | None = None, model: str | Recommender | None = None,
-                columns: dict[str, str] | None = None, item_columns: dict[str, str] | None = None,
-                unknown_items: str = "error", progress: bool = False) -> tuple[Recommender, str]:
-    """The model to serve and a name for where it came from: a checkpoint (``model_dir``), your own files
-    (``items`` and/or ``interactions``, with column mappings), a named data set, or by default ml-100k.
-    ``model``: a registered name (default: ``default_model_name()``) or an unfitted model, configured."""
-    from . import data, datasets, models
-    if model_dir and (dataset or items or interactions):
-        raise LLMRecError("pass either --model-dir or data (--dataset / --items / --interactions), not both")
+def load_data(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
+              columns: dict[str, str] | None = None, item_columns: dict[str, str] | None = None,
+              unknown_items: str = "error", progress: bool = False) -> tuple[Dataset, str]:
+    """What to serve and a name for where it came from: your own files (``items`` and/or
+    ``interactions``, with column mappings), a named data set, or by default ml-100k."""
+    from . import data, datasets
     if dataset and (items or interactions):
         raise LLMRecError("pass either --dataset or --items/--interactions, not both")
+    if interactions:
+        ds = data.load_files(interactions, items, interaction_columns=columns, item_columns=item_columns,
+                             unknown_items=unknown_items)
+        return ds, f"files:{Path(interactions).resolve()}"
+    if items:
+        cat = data.load_catalog(items, item_columns)
+        ds = Dataset(Path(items).stem, cat, Interactions(EMPTY, EMPTY, np.zeros(0), np.zeros(0, np.float32)),
+                     IdMap(kind="user"))
+        return ds, f"items:{Path(items).resolve()}"
+    ds = datasets.load(dataset or "ml-100k", quiet=not progress)
+    return ds, ds.name
+
+
+def fit_model(model: Recommender, ds: Dataset, progress: bool = False) -> Recommender:
+    """``model`` fitted on everything in ``ds``, to serve; a catalogue without a log is enough for a text
+    model, and a model that needs a log says so."""
+    try:
+        return model.fit(ds, progress=progress)
+    except DataError as e:
+        if not len(ds.interactions):
+            raise LLMRecError(f"model {model.name!r} needs an interaction log ({e}); pass --interactions or "
+                              "serve a zero-shot text model") from None
+        raise
+
+
+def load_source(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
+                model_dir: str | None = None, model: str | Recommender | None = None,
+                progress: bool = False, **data_options) -> tuple[Recommender, str]:
+    """The model to serve and a name for where it came from: a checkpoint (``model_dir``), or ``model`` (a
+    registered name, default ``default_model_name()``, or an unfitted model) fitted on ``load_data``'s data
+    (``data_options``: its column mappings and ``unknown_items``)."""
+    from . import models
+    if model_dir and (dataset or items or interactions):
+        raise LLMRecError("pass either --model-dir or data (--dataset / --items / --interactions), not both")
     if model_dir:
         if model is not None:
             raise LLMRecError("pass either --model-dir or --model, not both: a checkpoint is its model")
         return models.load_model(model_dir), f"model:{Path(model_dir).resolve()}"
     m = models.get(model or default_model_name()) if model is None or isinstance(model, str) else model
-    if interactions:
-        ds = data.load_files(interactions, items, interaction_columns=columns, item_columns=item_columns,
-                             unknown_items=unknown_items)
-        source = f"files:{Path(interactions).resolve()}"
-    elif items:
-        cat = data.load_catalog(items, item_columns)
-        ds = Dataset(Path(items).stem, cat, Interactions(EMPTY, EMPTY, np.zeros(0), np.zeros(0, np.float32)),
-                     IdMap(kind="user"))
-        source = f"items:{Path(items).resolve()}"
-    else:
-        ds = datasets.load(dataset or "ml-100k", quiet=not progress)
-        source = ds.name
-    try:
-        m.fit(ds, progress=progress)
-    except DataError as e:
-        if not len(ds.interactions):
-            raise LLMRecError(f"model {m.name!r} needs an interaction log ({e}); pass --interactions or "
-                              "serve a zero-shot text model") from None
-        raise
-    return m, f"{source} [{m.name}]"
+    ds, source = load_data(dataset=dataset, items=items, interactions=interactions, progress=progress,
+                           **data_options)
+    return fit_model(m, ds, progress), f"{source} [{m.name}]"
 
 
 def default_data_dir(source: str) -> Path:
