@@ -72,6 +72,9 @@ class SASRecConfig:
 # sampled set stays at `negatives` + the batch's distinct positives (~1-5k), so by 50k items a full softmax
 # position costs 10-50x a sampled one and an epoch on Book-Crossing (340k) takes over half an hour.
 SAMPLED_ABOVE = 50_000
+# recommend (not evaluate) searches an HNSW index over the item vectors, with the model's own inner
+# product, for catalogues above this many items instead of scoring every item
+ANN_ABOVE = 100_000
 # loss=full is refused above this many items: too slow to train (see full_softmax_cost).
 FULL_SOFTMAX_MAX = 200_000
 
@@ -257,6 +260,7 @@ class SequentialRecommender(Recommender):
     def _build(self, data, n_items: int) -> None:
         c = self.config
         self.n_trained_items = n_items
+        self._ann = None
         enc = SeqEncoder(c.embedding_size, c.max_length, c.num_blocks, c.num_heads, c.dropout, c.block)
         self.net = Net(self._item_module(data, n_items), enc).to(self.device)
 
@@ -363,6 +367,18 @@ class SequentialRecommender(Recommender):
             pop = np.log1p(np.pad(self.popularity, (0, n - len(self.popularity))))
             scores[empty] = pop
         return scores.astype(np.float32, copy=False)
+
+    def _search(self, hist, k, banned):
+        """Above ANN_ABOVE items (and when every history is non-empty): the user vectors searched through
+        an HNSW index over the item side of the logits (built once, on first use)."""
+        if len(self.catalog) <= ANN_ABOVE or any(len(h) == 0 for h in hist):
+            return None
+        table = self.item_vectors()
+        users, items = self._logit_sides(self.user_vectors(hist, table), table)
+        if self._ann is None or len(self._ann) != len(items):
+            from .. import index
+            self._ann = index.make("hnsw", "dot").add(items.float().cpu().numpy())
+        return self._ann.search(users.float().cpu().numpy(), k, exclude=banned)
 
     def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
         """The history items whose vectors are most similar (cosine) to each recommended item."""
