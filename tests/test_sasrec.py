@@ -140,3 +140,73 @@ def test_training_states_from_before_the_block_option_still_resume(tiny):
     hstu = models.get("sasrec", {**FAST, "block": "hstu"})._fingerprint(tiny)
     assert "block" not in plain and hstu["block"] == "hstu"
     assert {k: v for k, v in hstu.items() if k != "block"} == plain
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_sampled_softmax_learns_beyond_popularity(tiny, tiny_split, beats_popularity, sampler):
+    """The large-catalogue loss (in-batch + 20 sampled negatives of 60 items, logQ-corrected) still learns."""
+    m = models.get("sasrec", {**FAST, "loss": "sampled", "negatives": 20, "sampler": sampler})
+    m.fit(tiny, tiny_split, progress=False)
+    assert m.loss == "sampled" and m.benchmark_extra()["loss"] == "sampled"
+    assert beats_popularity(m)["HR@10"] > 0.4
+
+
+def test_loss_auto_picks_by_catalogue_size_and_says_so(tiny, tiny_split, monkeypatch, capsys):
+    from llmrec.models import sasrec as mod
+    cfg = {**FAST, "epochs": 1}
+    m = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=True)
+    assert m.loss == "full" and "60 items -> full softmax" in capsys.readouterr().err
+    monkeypatch.setattr(mod, "SAMPLED_ABOVE", 50)
+    m = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=True)
+    assert m.loss == "sampled" and "60 items -> sampled softmax (in-batch + 512 uniform" in capsys.readouterr().err
+
+
+def test_full_softmax_over_a_too_large_catalogue_is_refused_before_training(tiny, tiny_split, monkeypatch):
+    from llmrec.models import sasrec as mod
+    monkeypatch.setattr(mod, "FULL_SOFTMAX_MAX", 50)
+    m = models.get("sasrec", {**FAST, "loss": "full"})
+    monkeypatch.setattr(mod.training, "fit_loop", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ConfigError, match=r"loss=full: the catalogue has 60 items.*TFLOP.*negatives=512"):
+        m.fit(tiny, tiny_split, progress=False)
+
+
+def test_time_budget_inside_the_first_epoch_leaves_a_usable_model_and_resumes(tiny, tiny_split, tmp_path):
+    cfg = {**FAST, "epochs": 2, "batch_size": 16, "max_minutes": 1e-6}
+    m = models.get("sasrec", cfg)
+    m.checkpoint_dir = tmp_path / "ck"
+    m.fit(tiny, tiny_split, progress=False)
+    first = m.result.history
+    assert m.result.out_of_time and len(first) == 1 and first[0]["partial"] and first[0]["batches"] == 1
+    assert "valid_ndcg10" in first[0]  # validated once: there was no validation before the budget ran out
+    loaded = models.load_model(m.save(tmp_path / "saved"))
+    assert np.isfinite(loaded.score_histories([np.array([1, 2, 3])])).all()
+    again = models.get("sasrec", {**cfg, "max_minutes": 0.0})
+    again.checkpoint_dir = tmp_path / "ck"
+    again.fit(tiny, tiny_split, progress=False)
+    r = again.result
+    assert r.resumed_from == 0 and not r.out_of_time and [h["epoch"] for h in r.history] == [1, 2]
+    plain = models.get("sasrec", {**cfg, "max_minutes": 0.0}).fit(tiny, tiny_split, progress=False)
+    assert [h["loss"] for h in r.history] == [h["loss"] for h in plain.result.history]
+    np.testing.assert_allclose(again.score_histories([np.array([1, 2, 3])]),
+                               plain.score_histories([np.array([1, 2, 3])]), rtol=1e-5, atol=1e-5)
+
+
+def test_recommend_searches_an_index_above_the_threshold(sasrec, tiny, monkeypatch):
+    """Above ANN_ABOVE items recommend searches the item vectors through HNSW (no dense scoring) and
+    agrees with the exact top-k; seen and excluded items never come back. Below it: dense, as before."""
+    from llmrec.index import recall_at_k
+    from llmrec.models import sasrec as mod
+    users = list(tiny.users.ids())[:40]
+    exact = sasrec.recommend(users=users, k=10, exclude=["i0"])
+    monkeypatch.setattr(mod, "ANN_ABOVE", 10)
+    monkeypatch.setattr(type(sasrec), "score_histories", lambda *a: pytest.fail("scored densely"))
+    approx = sasrec.recommend(users=users, k=10, exclude=["i0"], explain=True)
+    assert sasrec._ann is not None and len(sasrec._ann) == tiny.n_items
+    to_idx = np.vectorize(lambda i: tiny.catalog.ids.index(i))
+    assert recall_at_k(to_idx(approx.item_ids), to_idx(exact.item_ids)) >= 0.95
+    np.testing.assert_allclose(np.sort(approx.scores, 1), np.sort(exact.scores, 1), rtol=1e-4, atol=1e-4)
+    for u, row in zip(users, approx.item_ids):
+        seen = set(tiny.catalog.ids.ids(sasrec.history_of(u)))
+        assert not seen & set(row) and "i0" not in set(row)
+    assert len(approx.records(tiny.catalog, 0)) == 10 and "because" in approx.records(tiny.catalog, 0)[0]["explanation"]
+    sasrec._ann = None

@@ -80,3 +80,60 @@ def test_device_and_seed():
     training.seed_everything(3)
     b = torch.rand(3), np.random.rand()
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
+
+
+def _slow_problem(n_batches=10, pause=0.02):
+    """Ten batches an epoch, each taking ``pause`` seconds: a time budget runs out inside an epoch."""
+    import time
+    torch.manual_seed(0)
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    calls = []
+
+    def batches(epoch):
+        return [torch.full((4, 1), 1.0 + 0.1 * i) for i in range(n_batches)]
+
+    def step(b):
+        time.sleep(pause)
+        return (net(b) - 3.0).pow(2).mean()
+
+    def validate():
+        calls.append(float(net.weight.detach()))
+        return -abs(float(net.weight.detach()) - 2.0)
+
+    return net, opt, batches, step, validate, calls
+
+
+def test_budget_stops_inside_an_epoch_saves_and_resumes(tmp_path):
+    net, opt, batches, step, validate, _ = _slow_problem()
+    training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False)
+    w_full = float(net.weight.detach())
+
+    net, opt, batches, step, validate, calls = _slow_problem()
+    res = training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False, max_seconds=0.07,
+                            checkpoint_dir=tmp_path, fingerprint={"a": 1}, batches_per_epoch=10)
+    assert res.out_of_time and len(res.history) == 1
+    row = res.history[0]
+    assert row["partial"] and 1 <= row["batches"] < 10, row
+    assert len(calls) == 1 and "valid_ndcg10" in row  # no validation had happened: validated once
+    saved = torch.load(tmp_path / training.RESUME_FILE, weights_only=False)
+    assert saved["epoch"] == 0 and saved["batch"] == row["batches"] and saved["best_state"] is not None
+    assert json.loads((tmp_path / training.HISTORY_FILE).read_text())["history"][0]["partial"]
+
+    net, opt, batches, step, validate, calls = _slow_problem()
+    res = training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False,
+                            checkpoint_dir=tmp_path, fingerprint={"a": 1})
+    assert res.resumed_from == 0 and not res.out_of_time
+    assert [r["epoch"] for r in res.history] == [1, 2] and not any(r.get("partial") for r in res.history)
+    assert float(net.weight.detach()) == pytest.approx(w_full, abs=1e-6)  # same steps as uninterrupted
+
+
+def test_budget_always_makes_progress(tmp_path):
+    """A budget already spent still runs one batch per call, so repeated resumes finish."""
+    for _ in range(30):
+        net, opt, batches, step, validate, _ = _slow_problem(n_batches=3, pause=0.0)
+        res = training.fit_loop(net, opt, batches, step, validate, epochs=2, progress=False,
+                                max_seconds=1e-9, checkpoint_dir=tmp_path, fingerprint={"a": 1})
+        if not res.out_of_time:
+            break
+    assert [r["epoch"] for r in res.history] == [1, 2]

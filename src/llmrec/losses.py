@@ -9,11 +9,19 @@ storing them. Same loss and gradients (tested against ``F.cross_entropy``), abou
 ``bf16=True`` does the two matrix products of each chunk in bfloat16 (accumulating the item-table
 gradient in float32); on CPUs with native bfloat16 (AVX512-BF16 / AMX) they run ~2.5x faster, on others
 they are slower, so it is off by default.
+
+``sampled_softmax_ce`` is the large-catalogue loss (as HSTU and eSASRec train): each position's positive
+against a candidate set shared by the batch (``NegativeSampler``: the batch's positives plus uniformly or
+popularity-sampled items), every logit corrected by the log of its candidate's expected count (logQ), and
+a candidate equal to the row's positive left out. Its cost is the candidate set's size, not the catalogue's.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from .errors import LLMRecError
 
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
@@ -65,3 +73,88 @@ def softmax_ce(h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, chunk
         logits = h @ table.T
         return torch.nn.functional.cross_entropy(logits.float(), target)
     return _ChunkedSoftmaxCE.apply(h, table, target, chunk, bf16)
+
+
+# -- sampled softmax ------------------------------------------------------------------------------------
+def sampled_softmax_ce(h: torch.Tensor, table: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor,
+                       logq: torch.Tensor, target_logq: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of each row's positive against a shared candidate set, with the logQ correction.
+
+    h float [N, d], table float [n_items, d], target int64 [N]; candidates int64 [C]: the negatives shared
+    by every row (in-batch positives and sampled items; duplicates allowed); logq float [C]: log of each
+    candidate's expected count in the candidate set, target_logq float [N]: the same for each row's
+    positive. Row i's logits are ``h_i . w_j - logq_j`` for its positive and every candidate, a candidate
+    equal to the row's positive (an accidental hit) left out; loss_i = logsumexp(logits_i) - positive_i.
+    Computed over chunks of ``chunk`` rows whose [chunk, C] logits are recomputed in the backward pass
+    (torch.utils.checkpoint), so memory is one chunk's logits, not N x C.
+    """
+    from torch.utils.checkpoint import checkpoint
+    n = h.shape[0]
+    w = table[candidates]                                              # [C, d]
+    pos = (h * table[target]).sum(-1) - target_logq                     # [N]
+    chunk = n if chunk <= 0 else chunk
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, n, chunk):
+        part = (h[s:s + chunk], pos[s:s + chunk], w, logq, target[s:s + chunk], candidates)
+        if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
+            total = total + checkpoint(_sampled_chunk, *part, use_reentrant=False)
+        else:
+            total = total + _sampled_chunk(*part)
+    return total / max(n, 1)
+
+
+def _sampled_chunk(h, pos, w, logq, target, candidates) -> torch.Tensor:
+    logits = (h @ w.T).float() - logq                                  # [c, C]
+    logits = logits.masked_fill(target[:, None] == candidates[None, :], float("-inf"))
+    lse = torch.logsumexp(torch.cat([pos.float()[:, None], logits], 1), 1)
+    return (lse - pos.float()).sum()
+
+
+class NegativeSampler:
+    """The candidate set of one batch for ``sampled_softmax_ce``: the batch's distinct positives (in-batch
+    negatives, when ``in_batch``) plus ``negatives`` items drawn with replacement from ``sampler``
+    (``uniform`` over the catalogue or ``popularity``: proportional to training counts), shared by every
+    row, with each candidate's log expected count in the set (the logQ correction).
+
+    Expected count of item j: P(j among the batch's distinct positives) + negatives * q_j, where the
+    positives of a batch of N are taken as N independent draws from the training popularity p, so
+    P = 1 - (1 - p_j)^N; q is the sampler's distribution. Draws use torch's global generator (saved in
+    the training state, so a resumed run draws the same candidates).
+    """
+
+    def __init__(self, popularity: np.ndarray, negatives: int, sampler: str = "uniform",
+                 in_batch: bool = True, device: torch.device | str = "cpu"):
+        counts = torch.as_tensor(np.asarray(popularity, np.float64), device=device)
+        if counts.sum() <= 0:
+            raise LLMRecError("sampled softmax needs training interactions (all item counts are zero)")
+        self.n_items, self.negatives, self.in_batch = len(counts), int(negatives), in_batch
+        self.p = counts / counts.sum()                                  # positives' distribution
+        if sampler == "uniform":
+            self.q = torch.full_like(self.p, 1.0 / self.n_items)
+        elif sampler == "popularity":
+            self.q = self.p.clone()
+        else:
+            raise LLMRecError(f"unknown sampler {sampler!r}: choose uniform or popularity")
+        self.uniform, self.q32 = sampler == "uniform", self.q.float()
+        if self.negatives < 0 or (self.negatives == 0 and not in_batch):
+            raise LLMRecError(f"negatives must be positive (or 0 with in-batch negatives), got {negatives}")
+
+    def expected_log_count(self, items: torch.Tensor, n_positives: int) -> torch.Tensor:
+        """float32 log of each item's expected count in a batch's candidate set (clamped at 1e-30)."""
+        e = self.negatives * self.q[items]
+        if self.in_batch:
+            e = e - torch.expm1(n_positives * torch.log1p(-self.p[items].clamp(max=1 - 1e-12)))
+        return torch.log(e.clamp(min=1e-30)).float()
+
+    def __call__(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """target int64 [N] -> (candidates int64 [C], logq float [C], target_logq float [N])."""
+        parts = [torch.unique(target)] if self.in_batch else []
+        if self.negatives:
+            if self.uniform:
+                drawn = torch.randint(0, self.n_items, (self.negatives,), device=target.device)
+            else:
+                drawn = torch.multinomial(self.q32, self.negatives, replacement=True)
+            parts.append(drawn)
+        cand = torch.cat(parts)
+        n = len(target)
+        return cand, self.expected_log_count(cand, n), self.expected_log_count(target, n)

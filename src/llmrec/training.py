@@ -55,7 +55,8 @@ def set_threads(n: int) -> None:
 class LoopResult:
     """What the loop did: per-epoch rows ({epoch, loss, valid_ndcg10, seconds}), the best epoch and score,
     whether it stopped early, and the mean and total seconds of training epochs (validation excluded; the
-    total counts every call of a resumed run)."""
+    total counts every call of a resumed run). A row with ``partial: true`` is an epoch the time budget
+    cut after ``batches`` batches (left out of the mean; a resumed run finishes it)."""
 
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
@@ -66,7 +67,7 @@ class LoopResult:
 
     @property
     def seconds_per_epoch(self) -> float:
-        secs = [r["train_seconds"] for r in self.history]
+        secs = [r["train_seconds"] for r in self.history if not r.get("partial")]
         return float(np.mean(secs)) if secs else 0.0
 
     def summary(self) -> dict[str, Any]:
@@ -118,7 +119,8 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
              eval_every: int = 1, checkpoint_dir: str | Path | None = None,
              fingerprint: dict | None = None, progress: bool = True, desc: str = "train",
              grad_clip: float = 0.0, max_seconds: float = 0.0,
-             lr_scale: Callable[[int], float] | None = None) -> LoopResult:
+             lr_scale: Callable[[int], float] | None = None,
+             batches_per_epoch: int | None = None) -> LoopResult:
     """Train ``module`` for up to ``epochs`` epochs and leave it holding its best weights.
 
     batches(epoch): the epoch's batches (shuffle with a seed derived from the epoch, so a resumed run sees
@@ -127,8 +129,10 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     the last weights. Early stopping: stop after ``patience`` validations without improvement.
     checkpoint_dir: when set, the full training state is saved there after each epoch and a run started
     with the same ``fingerprint`` (config + data identity) resumes from it.
-    max_seconds: a wall-clock budget for this call (0 = none); the loop stops after the epoch that
-    exceeds it and keeps the best weights so far.
+    max_seconds: a wall-clock budget for this call (0 = none), checked between batches: when it runs out
+    inside an epoch the loop stops there, validates once if no validation has happened yet, keeps the
+    best weights so far and saves its state; a resumed run continues that epoch at the next batch.
+    batches_per_epoch: the length of the per-batch progress bar (None: no total).
     lr_scale(epoch): a factor on each parameter group's initial learning rate for that (0-based) epoch,
     e.g. ``lr_schedule(...)``; a function of the epoch alone, so a resumed run continues the schedule.
     """
@@ -151,6 +155,11 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
         best_state, bad, start = saved["best_state"], saved["bad"], saved["epoch"]
         res.resumed_from, res.out_of_time = start, False
         torch.set_rng_state(saved["torch_rng"])
+        done_batches, partial, carry_s = saved.get("batch", 0), saved.get("partial", (0.0, 0)), 0.0
+        if res.history and res.history[-1].get("partial"):  # the epoch the budget cut: finished below
+            carry_s = res.history.pop()["train_seconds"]
+    else:
+        done_batches, partial, carry_s = 0, (0.0, 0), 0.0
     if start >= epochs or res.stopped_early:
         if best_state is not None:
             module.load_state_dict(best_state)
@@ -166,8 +175,18 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_scale(epoch)
         t0 = time.perf_counter()
-        total, n = 0.0, 0
-        for batch in batches(epoch):
+        total, n = partial if epoch == start else (0.0, 0)
+        skip = done_batches if epoch == start else 0
+        inner = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                     disable=not progress, initial=skip)
+        cut, j, stepped = False, 0, 0
+        for j, batch in enumerate(batches(epoch)):
+            if j < skip:  # done before the budget of an earlier run ran out
+                continue
+            if max_seconds > 0 and stepped and time.perf_counter() - t_start > max_seconds:
+                cut = True
+                break
+            stepped += 1
             optimizer.zero_grad(set_to_none=True)
             loss = step(batch)
             if not torch.isfinite(loss):
@@ -179,10 +198,17 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
             optimizer.step()
             total += float(loss.detach())
             n += 1
-        train_s = time.perf_counter() - t0
+            inner.update()
+            if n % 20 == 0:
+                inner.set_postfix(loss=f"{total / n:.4f}")
+        inner.close()
+        train_s = time.perf_counter() - t0 + (carry_s if epoch == start else 0.0)
         row = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 5), "train_seconds": round(train_s, 2)}
-        last = epoch + 1 == epochs
-        if validate is not None and ((epoch + 1) % eval_every == 0 or last):
+        if cut:
+            row.update(partial=True, batches=j)
+        last = epoch + 1 == epochs and not cut
+        due = (epoch + 1) % eval_every == 0 or last
+        if validate is not None and ((due and not cut) or (cut and best_state is None)):
             module.eval()
             with torch.no_grad():
                 score = float(validate())
@@ -195,16 +221,17 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
         res.history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", ndcg10=f"{row.get('valid_ndcg10', float('nan')):.4f}",
                         best=f"{res.best_score:.4f}@{res.best_epoch}")
-        stop = validate is not None and bad >= patience
+        stop = validate is not None and bad >= patience and not cut
         res.stopped_early = stop and not last
-        if max_seconds > 0 and time.perf_counter() - t_start > max_seconds and not last and not stop:
+        if cut or (max_seconds > 0 and time.perf_counter() - t_start > max_seconds and not last and not stop):
             res.out_of_time = stop = True
         if ck is not None:
             ck.parent.mkdir(parents=True, exist_ok=True)
             tmp = ck.with_suffix(".tmp")
             torch.save({"fingerprint": fingerprint, "module": module.state_dict(),
                         "optimizer": optimizer.state_dict(), "best_state": best_state, "bad": bad,
-                        "epoch": epoch + 1, "torch_rng": torch.get_rng_state(),
+                        "epoch": epoch + 1 - cut, "batch": j if cut else 0,
+                        "partial": (total, n) if cut else (0.0, 0), "torch_rng": torch.get_rng_state(),
                         "result": {k: v for k, v in res.__dict__.items() if k != "resumed_from"}}, tmp)
             tmp.replace(ck)
             write_history(res, ck.parent)

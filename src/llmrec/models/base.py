@@ -86,6 +86,14 @@ class Recommender(ABC):
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [b, n_items] for b histories of internal item indices (any may be empty)."""
 
+    def _search(self, hist: list[np.ndarray], k: int,
+                banned: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Hook for ``recommend``: the top-k (internal ids int64 [b, k], scores float32 [b, k]; missing
+        -> score -inf) per history without scoring every item, never returning a row's ``banned``
+        indices; None (the default) = score every item with ``score_histories``. Evaluation never
+        uses it: it always ranks every item."""
+        return None
+
     def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
         """Why each of ``items`` was recommended for ``history`` (one dict per item)."""
         return [{"reason": f"scored by {self.name}"} for _ in items]
@@ -127,17 +135,22 @@ class Recommender(ABC):
                           explain: bool = False, exclude_rows: list[np.ndarray] | None = None) -> Recommendations:
         """``recommend`` on internal histories; ``exclude_rows``: per query, internal indices never to
         return (on top of ``exclude``, which holds for every query)."""
-        scores = np.asarray(self.score_histories(hist), dtype=np.float32).copy()
-        if exclude_seen:
-            for b, h in enumerate(hist):
-                scores[b, h] = -np.inf
-        for b, e in enumerate(exclude_rows or ()):
-            scores[b, e] = -np.inf
-        if exclude:
-            scores[:, self.catalog.ids.indices(exclude)] = -np.inf
-        if candidates is not None:
-            scores[:, ~candidates] = -np.inf
-        ids, top = top_k(scores, k)
+        none = np.zeros(0, np.int64)
+        everyone = self.catalog.ids.indices(exclude) if exclude else none
+        rows = list(exclude_rows or ()) + [none] * (len(hist) - len(exclude_rows or ()))
+        banned = [np.concatenate([np.asarray(h, np.int64) if exclude_seen else none,
+                                  np.asarray(e, np.int64), everyone]) for h, e in zip(hist, rows)]
+        found = self._search(hist, k, banned) if candidates is None else None
+        if found is not None:
+            ids, top = found
+        else:
+            scores = np.asarray(self.score_histories(hist), dtype=np.float32).copy()
+            for b, e in enumerate(banned):
+                scores[b, e] = -np.inf
+            if candidates is not None:
+                scores[:, ~candidates] = -np.inf
+            ids, top = top_k(scores, k)
+        ids = np.where(np.isfinite(top) & (ids >= 0), ids, 0)
         ext = self.catalog.ids.ids(ids.ravel()).reshape(ids.shape)
         ext[~np.isfinite(top)] = None
         if ids.shape[1] < k:  # pad short catalogues

@@ -19,6 +19,7 @@ reuses it and only says how item vectors are made.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,7 +31,7 @@ from torch import nn
 
 from .. import losses, training
 from ..config import to_dict
-from ..errors import DataError, LLMRecError
+from ..errors import ConfigError, DataError, LLMRecError
 from .base import Recommender
 
 
@@ -54,12 +55,49 @@ class SASRecConfig:
     patience: int = 10          # validations without improvement before stopping
     eval_every: int = 1         # validate every N epochs
     eval_users: int = 0         # validate on a fixed random sample of this many users (0 = all)
-    max_minutes: float = 0.0    # wall-clock training budget (0 = none): stop after the epoch exceeding it
+    max_minutes: float = 0.0    # wall-clock training budget (0 = none), checked between batches
     seed: int = 0
     device: str = "auto"        # auto = cuda when present, else cpu
     threads: int = 0            # torch CPU threads (0 = torch's default)
     loss_chunk: int = 128       # softmax CE over the catalogue in chunks of this many positions (0 = at once)
     bf16: bool = False          # bfloat16 products in the loss (fast on CPUs with AVX512-BF16 / AMX)
+    loss: Literal["auto", "full", "sampled"] = "auto"  # auto: full up to SAMPLED_ABOVE items, else sampled
+    negatives: int = 512        # sampled softmax: items drawn per batch, shared by its positions ...
+    sampler: Literal["uniform", "popularity"] = "uniform"  # ... uniformly or by training popularity ...
+    in_batch: bool = True       # ... plus the batch's own positives as negatives (logQ-corrected)
+
+
+# loss=auto: full softmax up to this many items, sampled above. At ml-1m's 3.7k items the full softmax is
+# exact and fast (its figures come from it); its cost per position grows with the catalogue while the
+# sampled set stays at `negatives` + the batch's distinct positives (~1-5k), so by 50k items a full softmax
+# position costs 10-50x a sampled one and an epoch on Book-Crossing (340k) takes over half an hour.
+SAMPLED_ABOVE = 50_000
+# recommend (not evaluate) searches an HNSW index over the item vectors, with the model's own inner
+# product, for catalogues above this many items instead of scoring every item
+ANN_ABOVE = 100_000
+# loss=full is refused above this many items: too slow to train (see full_softmax_cost).
+FULL_SOFTMAX_MAX = 200_000
+
+
+def full_softmax_cost(n_items: int, c: SASRecConfig) -> str:
+    """What one full-softmax batch of ``batch_size`` x ``max_length`` positions costs, in words."""
+    pos = c.batch_size * c.max_length
+    flops = 6.0 * pos * n_items * c.embedding_size  # forward + recomputed forward + two backward products
+    mem = 4.0 * pos * n_items * (1 if c.loss_chunk <= 0 else 0) + 4.0 * 3 * n_items * c.embedding_size
+    return (f"a batch of up to {c.batch_size} x {c.max_length} = {pos:,} positions against {n_items:,} items is "
+            f"{flops / 1e12:.1f} TFLOP (about {flops / 5e10:.0f} s on one core at 50 GFLOP/s) and "
+            f"{mem / 1e9:.1f} GB of logits and item-table gradients")
+
+
+def resolve_loss(n_items: int, c: SASRecConfig) -> str:
+    """``full`` or ``sampled`` for a catalogue of ``n_items``; refuses a full softmax that is too large."""
+    if c.loss == "auto":
+        return "full" if n_items <= SAMPLED_ABOVE else "sampled"
+    if c.loss == "full" and n_items > FULL_SOFTMAX_MAX:
+        raise ConfigError(f"loss=full: the catalogue has {n_items:,} items (more than {FULL_SOFTMAX_MAX:,}); "
+                          f"{full_softmax_cost(n_items, c)}. Use a sampled softmax: --set loss=sampled "
+                          f"--set negatives={c.negatives} (or loss=auto)")
+    return c.loss
 
 
 class Block(nn.Module):
@@ -197,6 +235,7 @@ class SequentialRecommender(Recommender):
 
     supports_resume = True
     checkpoint_dir: Path | None = None
+    loss: str = "full"          # the loss training used: full or sampled (resolve_loss)
 
     # -- what subclasses change ----------------------------------------------------------------
     def _item_module(self, data, n_items: int) -> nn.Module:
@@ -207,7 +246,8 @@ class SequentialRecommender(Recommender):
 
     # keys added after training states were first written, with the value those states were trained with:
     # left out of the fingerprint at that value, so older training states still resume
-    LATER_KEYS = {"block": "transformer"}
+    LATER_KEYS = {"block": "transformer", "loss": "auto", "negatives": 512, "sampler": "uniform",
+                  "in_batch": True}
 
     def _fingerprint(self, data) -> dict:
         free = [k for k in self.RESUMABLE_CHANGES if not (k == "epochs" and self.config.lr_schedule != "constant")]
@@ -220,6 +260,7 @@ class SequentialRecommender(Recommender):
     def _build(self, data, n_items: int) -> None:
         c = self.config
         self.n_trained_items = n_items
+        self._ann = None
         enc = SeqEncoder(c.embedding_size, c.max_length, c.num_blocks, c.num_heads, c.dropout, c.block)
         self.net = Net(self._item_module(data, n_items), enc).to(self.device)
 
@@ -233,8 +274,19 @@ class SequentialRecommender(Recommender):
         if not seqs:
             raise DataError(f"data set {data.name!r} has no training history with 2 or more items: "
                             f"{self.name} learns from item -> next item pairs")
+        self.loss = resolve_loss(data.n_items, c)
+        if self.loss == "sampled" and c.negatives < 0:
+            raise ConfigError(f"negatives must be 0 or more, got {c.negatives}")
         self._build(data, data.n_items)
         net = self.net
+        sample = None
+        if self.loss == "sampled":
+            sample = losses.NegativeSampler(self.popularity, c.negatives, c.sampler, c.in_batch, self.device)
+        if progress:
+            how = (f"sampled softmax ({'in-batch + ' if c.in_batch else ''}{c.negatives} {c.sampler} "
+                   f"negatives, logQ-corrected)" if sample else "full softmax")
+            print(f"{self.name}: {data.n_items:,} items -> {how} (loss={c.loss}; auto is full up to "
+                  f"{SAMPLED_ABOVE:,} items)", file=sys.stderr, flush=True)
         lengths = np.array([len(s) for s in seqs])
         opt = torch.optim.Adam(net.parameters(), lr=c.learning_rate, weight_decay=c.weight_decay)
 
@@ -253,7 +305,11 @@ class SequentialRecommender(Recommender):
             table = net.items()
             h = net.encoder(inp, table)[keep]            # [N, d]: only real target positions
             h, out = self._logit_sides(h, table)
-            return losses.softmax_ce(h, out, tgt[keep] - 1, chunk=c.loss_chunk, bf16=c.bf16)
+            if sample is None:
+                return losses.softmax_ce(h, out, tgt[keep] - 1, chunk=c.loss_chunk, bf16=c.bf16)
+            t = tgt[keep] - 1
+            cand, logq, t_logq = sample(t)
+            return losses.sampled_softmax_ce(h, out, t, cand, logq, t_logq, chunk=c.loss_chunk)
 
         validate = training.validator(self, data, split, c.eval_users, c.seed)
 
@@ -261,7 +317,7 @@ class SequentialRecommender(Recommender):
             net, opt, batches, step, validate, epochs=c.epochs, patience=c.patience,
             eval_every=c.eval_every, checkpoint_dir=self.checkpoint_dir,
             fingerprint=self._fingerprint(data), progress=progress, desc=f"{self.name} {data.name}",
-            max_seconds=60.0 * c.max_minutes,
+            max_seconds=60.0 * c.max_minutes, batches_per_epoch=-(-len(seqs) // c.batch_size),
             lr_scale=training.lr_schedule(c.lr_schedule, c.epochs, c.warmup_epochs))
         if self.checkpoint_dir is not None:
             training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
@@ -312,6 +368,18 @@ class SequentialRecommender(Recommender):
             scores[empty] = pop
         return scores.astype(np.float32, copy=False)
 
+    def _search(self, hist, k, banned):
+        """Above ANN_ABOVE items (and when every history is non-empty): the user vectors searched through
+        an HNSW index over the item side of the logits (built once, on first use)."""
+        if len(self.catalog) <= ANN_ABOVE or any(len(h) == 0 for h in hist):
+            return None
+        table = self.item_vectors()
+        users, items = self._logit_sides(self.user_vectors(hist, table), table)
+        if self._ann is None or len(self._ann) != len(items):
+            from .. import index
+            self._ann = index.make("hnsw", "dot").add(items.float().cpu().numpy())
+        return self._ann.search(users.float().cpu().numpy(), k, exclude=banned)
+
     def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
         """The history items whose vectors are most similar (cosine) to each recommended item."""
         table = F.normalize(self.item_vectors(), dim=-1).cpu().numpy()
@@ -332,13 +400,13 @@ class SequentialRecommender(Recommender):
     # -- reporting and checkpoints -----------------------------------------------------------------
     def card_extra(self) -> dict:
         r = getattr(self, "result", None)
-        return {"training": r.summary()} if r is not None else {}
+        return {"training": r.summary(), "loss": self.loss} if r is not None else {}
 
     def benchmark_extra(self) -> dict:
         r = getattr(self, "result", None)
         if r is None:
             return {}
-        return {"training": r.summary(), "device": str(self.device),
+        return {"training": r.summary(), "device": str(self.device), "loss": self.loss,
                 "history": [{k: v for k, v in row.items()} for row in r.history]}
 
     def _save_extra(self, folder: Path) -> None:

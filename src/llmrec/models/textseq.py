@@ -156,4 +156,5 @@ class TextSeq(SequentialRecommender):
                 items.ids = nn.Parameter(torch.cat([items.ids, zeros]))
         self.catalog = catalog
         self.popularity = np.pad(self.popularity, (0, n_new))
+        self._ann = None  # the item vectors changed
         return idx
