@@ -56,19 +56,32 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     (as a stable sort by descending score would), so a model that scores everything equal gets no
     credit for it. A target whose score is -inf (excluded) gets rank -1 (a miss).
     """
-    b = np.arange(len(targets))
-    t = scores[b, targets][:, None]
-    idx = np.arange(scores.shape[1])[None, :]
-    better = (scores > t) | ((scores == t) & (idx < targets[:, None]))
-    ranks = better.sum(axis=1)
-    return np.where(np.isneginf(t[:, 0]), -1, ranks)
+    targets = np.asarray(targets, dtype=np.int64)
+    t = scores[np.arange(len(targets)), targets]
+    ranks = np.count_nonzero(scores > t[:, None], axis=1).astype(np.int64)
+    for r in np.flatnonzero(np.isfinite(t)):  # ties ahead of the target: lower indices only
+        ranks[r] += np.count_nonzero(scores[r, :targets[r]] == t[r])
+    return np.where(np.isneginf(t), -1, ranks)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` ids and scores per row, best first, ties by lower index. scores: [b, n]."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    ids = np.take_along_axis(part, order, axis=1)
+    """Top ``k`` ids and scores per row, best first, ties to the lower index (as a stable sort by
+    descending score). scores: [b, n]. Works from each row's k-th largest value, without a [b, n]
+    index array."""
+    b, n = scores.shape
+    k = min(k, n)
+    if k == 0 or b == 0:
+        return np.zeros((b, k), np.int64), np.zeros((b, k), scores.dtype)
+    kth = np.partition(scores, n - k, axis=1)[:, n - k]
+    rows, cols = np.nonzero(scores > kth[:, None])  # fewer than k per row, row-major
+    need = k - np.bincount(rows, minlength=b)
+    ids = np.empty((b, k), np.int64)
+    filled = np.searchsorted(rows, np.arange(b))
+    for r in range(b):  # the rest of each row: values equal to its k-th largest, lower index first
+        above = cols[filled[r]:filled[r] + k - need[r]]
+        ids[r, :len(above)] = above
+        ids[r, len(above):] = np.flatnonzero(scores[r] == kth[r])[:need[r]]
+    top = np.take_along_axis(scores, ids, axis=1)
+    order = np.lexsort((ids, -top), axis=1)
+    ids = np.take_along_axis(ids, order, axis=1)
     return ids, np.take_along_axis(scores, ids, axis=1)
