@@ -27,17 +27,21 @@ def test_block_users_follows_the_budget():
     assert evaluate.block_users(341_765) == 196  # Book-Crossing at the default 256 MB
 
 
-def test_top_k_and_ranks_match_a_stable_sort_with_ties_and_exclusions():
+@pytest.mark.parametrize("n", [40, 3001])  # 3001 columns: the strided bound is used for k <= 11
+def test_top_k_and_ranks_match_a_stable_sort_with_ties_and_exclusions(n):
     rng = np.random.default_rng(1)
-    s = rng.integers(0, 4, size=(50, 40)).astype(np.float32)  # heavy ties
+    s = rng.integers(0, 4, size=(50, n)).astype(np.float32)  # heavy ties: flat rows
+    s[10:30] = rng.normal(size=(20, n))  # distinct values
+    s[30:40] = 0.0
+    s[30:40, rng.integers(0, n, 25)] = rng.random(25)  # sparse rows: few positives, a flat rest
     s[rng.random(s.shape) < 0.3] = -np.inf
     s[0] = -np.inf  # a row with nothing left
     order = np.argsort(-s, axis=1, kind="stable")
     for k in (1, 3, 10, 40, 60):
         ids, sc = metrics.top_k(s, k)
-        np.testing.assert_array_equal(ids, order[:, :min(k, 40)])
-        np.testing.assert_array_equal(sc, np.take_along_axis(s, order[:, :min(k, 40)], axis=1))
-    targets = rng.integers(0, 40, size=50)
+        np.testing.assert_array_equal(ids, order[:, :min(k, n)])
+        np.testing.assert_array_equal(sc, np.take_along_axis(s, order[:, :min(k, n)], axis=1))
+    targets = rng.integers(0, n, size=50)
     want = np.argmax(order == targets[:, None], axis=1)
     want[np.isneginf(s[np.arange(50), targets])] = -1
     np.testing.assert_array_equal(metrics.target_ranks(s, targets), want)

@@ -64,24 +64,46 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(np.isneginf(t), -1, ranks)
 
 
+STRIDES = 64  # top-k: the row is cut into this many strided slices; their maxima bound the k-th value
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` ids and scores per row, best first, ties to the lower index (as a stable sort by
-    descending score). scores: [b, n]. Works from each row's k-th largest value, without a [b, n]
-    index array."""
+    descending score). scores: [b, n]; no [b, n] index array is made.
+
+    The k-th largest of any k distinct entries is at most the row's k-th largest value; taking, column
+    by column, the maximum over ``STRIDES`` slices of the row gives such entries in one pass. The
+    entries at or above that bound hold the top k and every tie with it, and are sorted exactly. Rows
+    where the bound leaves too many (a flat row) are resolved from their k-th largest value.
+    """
     b, n = scores.shape
     k = min(k, n)
+    ids = np.zeros((b, k), np.int64)
     if k == 0 or b == 0:
-        return np.zeros((b, k), np.int64), np.zeros((b, k), scores.dtype)
-    kth = np.partition(scores, n - k, axis=1)[:, n - k]
-    rows, cols = np.nonzero(scores > kth[:, None])  # fewer than k per row, row-major
-    need = k - np.bincount(rows, minlength=b)
-    ids = np.empty((b, k), np.int64)
-    filled = np.searchsorted(rows, np.arange(b))
-    for r in range(b):  # the rest of each row: values equal to its k-th largest, lower index first
-        above = cols[filled[r]:filled[r] + k - need[r]]
-        ids[r, :len(above)] = above
-        ids[r, len(above):] = np.flatnonzero(scores[r] == kth[r])[:need[r]]
-    top = np.take_along_axis(scores, ids, axis=1)
-    order = np.lexsort((ids, -top), axis=1)
-    ids = np.take_along_axis(ids, order, axis=1)
+        return ids, np.zeros((b, k), scores.dtype)
+    width = n // STRIDES
+    flat = np.ones(b, bool)
+    if width >= 4 * k:
+        maxima = scores[:, :width * STRIDES].reshape(b, STRIDES, width).max(axis=1)
+        bound = np.partition(maxima, width - k, axis=1)[:, width - k]
+        cand = scores >= bound[:, None]
+        flat = np.count_nonzero(cand, axis=1) > 4 * k * STRIDES
+        sharp = np.flatnonzero(~flat)
+        idx = np.flatnonzero(cand[sharp] if flat.any() else cand)
+        del cand
+        rows, cols = np.divmod(idx, n)
+        rows = sharp[rows]
+        order = np.lexsort((cols, -scores[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+        ids[sharp] = cols[np.searchsorted(rows, sharp)[:, None] + np.arange(k)[None, :]]
+    for r in np.flatnonzero(flat):
+        ids[r] = _row_top_k(scores[r], k)
     return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def _row_top_k(row: np.ndarray, k: int) -> np.ndarray:
+    """One row's top ``k`` ids, best first, ties to the lower index, from its k-th largest value."""
+    kth = np.partition(row, len(row) - k)[len(row) - k]
+    above = np.flatnonzero(row > kth)
+    ids = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
+    return ids[np.lexsort((ids, -row[ids]))]
