@@ -45,6 +45,18 @@ def test_blocked_top_n_equals_dense(k, shrinkage, block):
         assert np.diff(got.indptr).max() <= k
 
 
+@pytest.mark.parametrize("k", [2, 5])
+def test_blocked_top_n_equals_dense_on_long_rows(k):
+    """Rows of 8k+ co-occurring items are first cut by a lower bound on their k-th value: still exact."""
+    x = random_binary(300, 200, 0.05, seed=k)
+    x[:3] = 1.0  # three users who touched everything: every row long, many ties
+    for block in (50, 1 << 30):
+        got = cosine_top_n(sp.csr_matrix(x), k, 0.5, block_products=block)
+        want = dense_reference(x, k, 0.5)
+        np.testing.assert_array_equal(got.toarray() != 0, want != 0)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
+
+
 def test_ties_go_to_the_lower_item_index():
     # user 0 touches every item: all pairs co-occur once; items 1..5 also share user 1 with item 0,
     # so row 0's similarities to items 1..5 tie (and to 6..9 tie lower)

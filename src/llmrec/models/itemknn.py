@@ -137,24 +137,43 @@ def _block_top_n(co: sp.csr_matrix, offset: int, norms: np.ndarray, k: int,
     np.maximum(vals, np.float32(1e-12), out=vals)
     np.divide(co.data, vals, out=vals)
     vals[cols == local + offset] = -1.0  # the diagonal (cosines are >= 0): never kept
-    if k <= 0:
-        sel = np.flatnonzero(vals >= 0)
-        return local[sel].astype(np.int64) + offset, cols[sel], vals[sel]
+    thr = np.full(m, -0.5, np.float32)  # entries below a row's threshold cannot be among its top k
+    big = np.flatnonzero(lens >= 8 * k) if k > 0 else np.zeros(0, np.int64)
+    if len(big):  # the k-th largest of the maxima of 4k slices of the row: k distinct entries' value
+        c = 4 * k
+        starts = co.indptr[big][:, None] + (lens[big][:, None] * np.arange(c)[None, :]) // c
+        idx = np.concatenate([starts, co.indptr[big + 1][:, None]], axis=1).ravel()
+        idx = idx[:-1] if idx[-1] >= len(vals) else idx  # segments end at the next index
+        maxima = np.maximum.reduceat(vals, idx)
+        maxima = np.pad(maxima, (0, len(big) * (c + 1) - len(maxima))).reshape(len(big), c + 1)[:, :c]
+        thr[big] = np.partition(maxima, c - k, axis=1)[:, c - k]
+    sel = np.flatnonzero(vals >= np.repeat(thr, lens))
+    local, cols, vals = local[sel], cols[sel], vals[sel]
+    if k > 0:
+        sel = _top_k_per_row(local, cols, vals, m, k)
+        local, cols, vals = local[sel], cols[sel], vals[sel]
+    return local.astype(np.int64) + offset, cols, vals
+
+
+def _top_k_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Positions of each row's k largest values (ties to the lower column) among entries grouped by
+    row (rows in 0..m-1, non-decreasing; values >= 0)."""
     # one int64 key per entry, unique within a row: the value's bits (monotone for floats >= 0) high,
-    # the column's complement low; a row's k largest keys are its top k, ties to the lower column
+    # the column's complement low; a row's k largest keys are its top k
     key = vals.view(np.int32).astype(np.int64)
     key <<= 32
     key |= np.int64(0xFFFFFFFF) - cols
-    thr = np.zeros(m, np.int64)  # rows with at most k others keep them all (the diagonal's key is < 0)
-    long_rows = np.flatnonzero(lens - 1 > k)
+    lens = np.bincount(rows, minlength=m)
+    starts = np.cumsum(lens) - lens
+    thr = np.zeros(m, np.int64)  # rows with at most k entries keep them all
+    long_rows = np.flatnonzero(lens > k)
     if len(long_rows):
         widths = 1 << np.ceil(np.log2(lens[long_rows])).astype(np.int64)
         for w in np.unique(widths):  # rows padded to a power of two: one partition per width
             grp = long_rows[widths == w]
-            pos = co.indptr[grp][:, None] + np.arange(w, dtype=co.indptr.dtype)[None, :]
+            pos = starts[grp][:, None] + np.arange(w)[None, :]
             padded = key[np.minimum(pos, len(key) - 1)]
             padded[np.arange(w)[None, :] >= lens[grp][:, None]] = -1
             padded.partition(w - k, axis=1)
             thr[grp] = padded[:, w - k]
-    sel = np.flatnonzero(key >= np.repeat(thr, lens))
-    return local[sel].astype(np.int64) + offset, cols[sel], vals[sel]
+    return np.flatnonzero(key >= np.repeat(thr, lens))
