@@ -34,6 +34,8 @@ def test_top_k_and_ranks_match_a_stable_sort_with_ties_and_exclusions(n):
     s[10:30] = rng.normal(size=(20, n))  # distinct values
     s[30:40] = 0.0
     s[30:40, rng.integers(0, n, 25)] = rng.random(25)  # sparse rows: few positives, a flat rest
+    s[40:45] = 0.0
+    s[40:45, rng.integers(0, n, 3)] = rng.random(3)  # fewer positives than k: the rest ties at 0
     s[rng.random(s.shape) < 0.3] = -np.inf
     s[0] = -np.inf  # a row with nothing left
     order = np.argsort(-s, axis=1, kind="stable")

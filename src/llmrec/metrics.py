@@ -83,27 +83,32 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return ids, np.zeros((b, k), scores.dtype)
     width = n // STRIDES
     flat = np.ones(b, bool)
+    bound = np.full(b, np.nan, scores.dtype)
     if width >= 4 * k:
         maxima = scores[:, :width * STRIDES].reshape(b, STRIDES, width).max(axis=1)
         bound = np.partition(maxima, width - k, axis=1)[:, width - k]
         cand = scores >= bound[:, None]
         flat = np.count_nonzero(cand, axis=1) > 4 * k * STRIDES
-        sharp = np.flatnonzero(~flat)
-        idx = np.flatnonzero(cand[sharp] if flat.any() else cand)
+        cand[flat] = False
+        rows, cols = np.divmod(np.flatnonzero(cand), n)
         del cand
-        rows, cols = np.divmod(idx, n)
-        rows = sharp[rows]
+        sharp = np.flatnonzero(~flat)
         order = np.lexsort((cols, -scores[rows, cols], rows))
         rows, cols = rows[order], cols[order]
         ids[sharp] = cols[np.searchsorted(rows, sharp)[:, None] + np.arange(k)[None, :]]
     for r in np.flatnonzero(flat):
-        ids[r] = _row_top_k(scores[r], k)
+        ids[r] = _row_top_k(scores[r], k, bound[r])
     return ids, np.take_along_axis(scores, ids, axis=1)
 
 
-def _row_top_k(row: np.ndarray, k: int) -> np.ndarray:
-    """One row's top ``k`` ids, best first, ties to the lower index, from its k-th largest value."""
-    kth = np.partition(row, len(row) - k)[len(row) - k]
-    above = np.flatnonzero(row > kth)
+def _row_top_k(row: np.ndarray, k: int, bound: float = np.nan) -> np.ndarray:
+    """One row's top ``k`` ids, best first, ties to the lower index. ``bound`` (at most the k-th
+    largest value, or NaN) is the k-th value itself when fewer than k entries exceed it, the common
+    flat row (a few positive scores, the rest 0); otherwise the k-th value comes from a partition."""
+    above = np.flatnonzero(row > bound) if bound == bound else np.zeros(0, np.int64)
+    kth = bound
+    if bound != bound or len(above) >= k:
+        kth = np.partition(row, len(row) - k)[len(row) - k]
+        above = np.flatnonzero(row > kth)
     ids = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
     return ids[np.lexsort((ids, -row[ids]))]
