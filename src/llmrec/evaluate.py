@@ -1,4 +1,8 @@
-"""The evaluator: every evaluation user, ALL candidate items ranked, history excluded, in batches."""
+"""The evaluator: every evaluation user, ALL candidate items ranked, history excluded.
+
+Users are scored in blocks of users x all items sized by a memory budget (``memory_mb`` of float32
+scores per block), so memory is bounded whatever the catalogue; each user's rank and top-k depend on
+that user's row only, so block sizes do not change the figures."""
 
 from __future__ import annotations
 
@@ -40,12 +44,22 @@ def candidate_mask(split: Split, n_items: int) -> np.ndarray:
     return mask
 
 
+MEMORY_MB = 256.0  # float32 scores per block of users x items
+
+
+def block_users(n_items: int, memory_mb: float = MEMORY_MB) -> int:
+    """Users per block so that a block's float32 scores [users, n_items] take at most ``memory_mb``
+    (at least one user). The ranking's temporaries add about as much again, twice."""
+    return max(1, int(memory_mb * 2**20 // (4 * max(n_items, 1))))
+
+
 def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...] = (10, 20),
-             stage: str = "test", batch_size: int = 256, users: np.ndarray | None = None,
+             stage: str = "test", memory_mb: float = MEMORY_MB, users: np.ndarray | None = None,
              progress: bool = True, candidates: np.ndarray | None = None) -> Result:
     """Evaluate ``model`` (anything with ``score_histories(list[int64 array]) -> float32 [b, n_items]``).
 
     stage: "test" (history = everything before the test target) or "valid" (history = train).
+    memory_mb: float32 scores per block of users (the block size; the figures do not depend on it).
     users: an optional subset of evaluation users (internal indices), e.g. a fixed random sample.
     """
     if stage == "test":
@@ -60,6 +74,8 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
     hist = _histories(context, n_users)
     cand = candidate_mask(split, n_items) if candidates is None else candidates
     max_k = max(ks)
+    batch_size = block_users(n_items, memory_mb)
+    excluded = np.flatnonzero(~cand)
     ranks = np.empty(len(eval_users), dtype=np.int64)
     tops = np.empty((len(eval_users), max_k), dtype=np.int64)
     t0 = time.perf_counter()
@@ -69,7 +85,8 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
         bu = eval_users[start:start + batch_size]
         bh = [hist[u] for u in bu]
         scores = np.asarray(model.score_histories(bh), dtype=np.float32).copy()
-        scores[:, ~cand] = -np.inf
+        if len(excluded):
+            scores[:, excluded] = -np.inf
         rows = np.repeat(np.arange(len(bu)), [len(h) for h in bh])
         scores[rows, np.concatenate(bh) if bh else np.zeros(0, np.int64)] = -np.inf
         ranks[start:start + len(bu)] = metrics.target_ranks(scores, targets[start:start + len(bu)])
@@ -82,5 +99,7 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
         out[f"NDCG@{k}"] = metrics.ndcg(ranks, k)
         out[f"MRR@{k}"] = metrics.mrr(ranks, k)
         out[f"Coverage@{k}"] = metrics.coverage(tops, int(cand.sum()), k)
+    blocks = (f"scored in blocks of {min(batch_size, max(len(eval_users), 1)):,} users x {n_items:,} items "
+              f"({memory_mb:g} MB of scores each), which do not change the figures")
     return Result(metrics=out, n_users=len(eval_users), n_candidates=int(cand.sum()),
-                  protocol=split.protocol + f"; stage={stage}", seconds=time.perf_counter() - t0)
+                  protocol=split.protocol + f"; stage={stage}; {blocks}", seconds=time.perf_counter() - t0)

@@ -56,19 +56,59 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     (as a stable sort by descending score would), so a model that scores everything equal gets no
     credit for it. A target whose score is -inf (excluded) gets rank -1 (a miss).
     """
-    b = np.arange(len(targets))
-    t = scores[b, targets][:, None]
-    idx = np.arange(scores.shape[1])[None, :]
-    better = (scores > t) | ((scores == t) & (idx < targets[:, None]))
-    ranks = better.sum(axis=1)
-    return np.where(np.isneginf(t[:, 0]), -1, ranks)
+    targets = np.asarray(targets, dtype=np.int64)
+    t = scores[np.arange(len(targets)), targets]
+    ranks = np.count_nonzero(scores > t[:, None], axis=1).astype(np.int64)
+    for r in np.flatnonzero(np.isfinite(t)):  # ties ahead of the target: lower indices only
+        ranks[r] += np.count_nonzero(scores[r, :targets[r]] == t[r])
+    return np.where(np.isneginf(t), -1, ranks)
+
+
+STRIDES = 64  # top-k: the row is cut into this many strided slices; their maxima bound the k-th value
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top ``k`` ids and scores per row, best first, ties by lower index. scores: [b, n]."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    ids = np.take_along_axis(part, order, axis=1)
+    """Top ``k`` ids and scores per row, best first, ties to the lower index (as a stable sort by
+    descending score). scores: [b, n]; no [b, n] index array is made.
+
+    The k-th largest of any k distinct entries is at most the row's k-th largest value; taking, column
+    by column, the maximum over ``STRIDES`` slices of the row gives such entries in one pass. The
+    entries at or above that bound hold the top k and every tie with it, and are sorted exactly. Rows
+    where the bound leaves too many (a flat row) are resolved from their k-th largest value.
+    """
+    b, n = scores.shape
+    k = min(k, n)
+    ids = np.zeros((b, k), np.int64)
+    if k == 0 or b == 0:
+        return ids, np.zeros((b, k), scores.dtype)
+    width = n // STRIDES
+    flat = np.ones(b, bool)
+    bound = np.full(b, np.nan, scores.dtype)
+    if width >= 4 * k:
+        maxima = scores[:, :width * STRIDES].reshape(b, STRIDES, width).max(axis=1)
+        bound = np.partition(maxima, width - k, axis=1)[:, width - k]
+        cand = scores >= bound[:, None]
+        flat = np.count_nonzero(cand, axis=1) > 4 * k * STRIDES
+        cand[flat] = False
+        rows, cols = np.divmod(np.flatnonzero(cand), n)
+        del cand
+        sharp = np.flatnonzero(~flat)
+        order = np.lexsort((cols, -scores[rows, cols], rows))
+        rows, cols = rows[order], cols[order]
+        ids[sharp] = cols[np.searchsorted(rows, sharp)[:, None] + np.arange(k)[None, :]]
+    for r in np.flatnonzero(flat):
+        ids[r] = _row_top_k(scores[r], k, bound[r])
     return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def _row_top_k(row: np.ndarray, k: int, bound: float = np.nan) -> np.ndarray:
+    """One row's top ``k`` ids, best first, ties to the lower index. ``bound`` (at most the k-th
+    largest value, or NaN) is the k-th value itself when fewer than k entries exceed it, the common
+    flat row (a few positive scores, the rest 0); otherwise the k-th value comes from a partition."""
+    above = np.flatnonzero(row > bound) if bound == bound else np.zeros(0, np.int64)
+    kth = bound
+    if bound != bound or len(above) >= k:
+        kth = np.partition(row, len(row) - k)[len(row) - k]
+        above = np.flatnonzero(row > kth)
+    ids = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
+    return ids[np.lexsort((ids, -row[ids]))]

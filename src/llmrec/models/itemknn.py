@@ -1,7 +1,9 @@
 """Item-item cosine nearest neighbours over the binary user-item matrix (Sarwar et al., 2001).
 
-score(u, i) = sum over items h in u's history of cos(h, i), with each item's similarity list cut to
-its ``neighbors`` most similar items (0 keeps all).
+score(u, i) = sum over items h in u's history of sim(h, i), where sim(h, .) holds h's ``neighbors``
+most similar items (0 keeps all) by cosine cooc(h, i) / (|h| |i| + shrinkage), ties to the lower item
+index. The similarities are computed as a sparse product in blocks of items (X[:, B].T @ X), each cut
+to its top neighbours before the next, so memory grows with items x neighbors, never items^2.
 """
 
 from __future__ import annotations
@@ -12,15 +14,22 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import ConfigError
 from .base import Recommender
 
 DENSE_MAX_ITEMS = 8192  # up to here a dense copy of the similarities (<= 256 MB) serves single queries
+BLOCK_PRODUCTS = 1 << 22  # co-occurrence products per block (about 40 bytes each at peak: ~170 MB)
 
 
 @dataclass(frozen=True)
 class ItemKNNConfig:
-    neighbors: int = 0
+    neighbors: int = 40
     shrinkage: float = 0.0
+
+    def __post_init__(self):
+        if self.neighbors < 0 or self.shrinkage < 0:
+            raise ConfigError(f"ItemKNNConfig: neighbors and shrinkage must be >= 0, got "
+                              f"{self.neighbors} and {self.shrinkage}")
 
 
 class ItemKNN(Recommender):
@@ -28,22 +37,9 @@ class ItemKNN(Recommender):
     Config = ItemKNNConfig
 
     def _fit(self, data, train, split, progress) -> None:
-        n_users, n_items = data.n_users, data.n_items
         x = sp.csr_matrix((np.ones(len(train), dtype=np.float32), (train.user, train.item)),
-                          shape=(n_users, n_items))
-        x.data[:] = 1.0  # repeated interactions count once
-        x.sum_duplicates()
-        x.data[:] = 1.0
-        co = (x.T @ x).tocsr().astype(np.float32)
-        norms = np.sqrt(co.diagonal()).astype(np.float32)
-        co.setdiag(0.0)
-        co.eliminate_zeros()
-        co = co.tocoo()
-        denom = norms[co.row] * norms[co.col] + self.config.shrinkage
-        sim = sp.csr_matrix((co.data / np.maximum(denom, 1e-12), (co.row, co.col)), shape=co.shape)
-        if self.config.neighbors > 0:
-            sim = _keep_top(sim, self.config.neighbors)
-        self.sim = sim.astype(np.float32)
+                          shape=(data.n_users, data.n_items))
+        self.sim = cosine_top_n(x, self.config.neighbors, self.config.shrinkage)
         self._dense = None
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
@@ -61,7 +57,7 @@ class ItemKNN(Recommender):
         keep = cols < n  # items added after fitting have no co-occurrence yet
         h = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])),
                           shape=(len(histories), n))
-        scores = np.asarray((h @ self.sim).todense(), dtype=np.float32)
+        scores = (h @ self.sim).toarray().astype(np.float32, copy=False)
         total = len(self.catalog)
         if total > n:
             scores = np.pad(scores, ((0, 0), (0, total - n)))
@@ -93,18 +89,91 @@ class ItemKNN(Recommender):
         self._dense = None
 
 
-def _keep_top(sim: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep each row's k largest entries."""
-    sim = sim.tocsr()
-    rows, cols, vals = [], [], []
-    for r in range(sim.shape[0]):
-        lo, hi = sim.indptr[r], sim.indptr[r + 1]
-        if hi - lo > k:
-            sel = np.argpartition(-sim.data[lo:hi], k - 1)[:k] + lo
-        else:
-            sel = np.arange(lo, hi)
-        rows.append(np.full(len(sel), r))
-        cols.append(sim.indices[sel])
-        vals.append(sim.data[sel])
-    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                         shape=sim.shape)
+
+def cosine_top_n(x: sp.spmatrix, neighbors: int, shrinkage: float = 0.0,
+                 block_products: int = BLOCK_PRODUCTS) -> sp.csr_matrix:
+    """Item-item cosine of the binary matrix ``x`` [users, items] (repeats count once), the diagonal
+    left out, each row cut to its ``neighbors`` largest entries (0 keeps all; ties to the lower item
+    index). float32 csr [items, items].
+
+    Rows are computed in blocks B (X[:, B].T @ X) holding at most ``block_products`` multiply-adds
+    (one item alone may exceed it), so peak memory is one block plus items x neighbors.
+    """
+    x = sp.csr_matrix(x, dtype=np.float32)
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    xt = x.T.tocsr()  # items x users
+    n_items = x.shape[1]
+    counts = np.diff(xt.indptr)
+    norms = np.sqrt(counts.astype(np.float32))
+    work = np.rint(xt @ np.diff(x.indptr).astype(np.float64)).astype(np.int64)  # products per item row
+    ends = np.cumsum(work)
+    parts, start = [], 0
+    while start < n_items:
+        stop = int(np.searchsorted(ends, ends[start] - work[start] + block_products, side="right"))
+        stop = min(max(stop, start + 1), n_items)
+        parts.append(_block_top_n(xt[start:stop] @ x, start, norms, neighbors, shrinkage))
+        start = stop
+    rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+    sim = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items), dtype=np.float32)
+    sim.sort_indices()
+    return sim
+
+
+def _block_top_n(co: sp.csr_matrix, offset: int, norms: np.ndarray, k: int,
+                 shrinkage: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, values) of the top ``k`` per row (diagonal left out) of one block of co-occurrence
+    rows (items offset, offset + 1, ...)."""
+    m = co.shape[0]
+    lens = np.diff(co.indptr)
+    cols = co.indices
+    local = np.repeat(np.arange(m, dtype=cols.dtype), lens)
+    vals = norms[cols]
+    vals *= np.repeat(norms[offset:offset + m], lens)
+    if shrinkage:
+        vals += np.float32(shrinkage)
+    np.maximum(vals, np.float32(1e-12), out=vals)
+    np.divide(co.data, vals, out=vals)
+    vals[cols == local + offset] = -1.0  # the diagonal (cosines are >= 0): never kept
+    thr = np.full(m, -0.5, np.float32)  # entries below a row's threshold cannot be among its top k
+    big = np.flatnonzero(lens >= 8 * k) if k > 0 else np.zeros(0, np.int64)
+    if len(big):  # the k-th largest of the maxima of 4k slices of the row: k distinct entries' value
+        c = 4 * k
+        starts = co.indptr[big][:, None] + (lens[big][:, None] * np.arange(c)[None, :]) // c
+        idx = np.concatenate([starts, co.indptr[big + 1][:, None]], axis=1).ravel()
+        idx = idx[:-1] if idx[-1] >= len(vals) else idx  # segments end at the next index
+        maxima = np.maximum.reduceat(vals, idx)
+        maxima = np.pad(maxima, (0, len(big) * (c + 1) - len(maxima))).reshape(len(big), c + 1)[:, :c]
+        thr[big] = np.partition(maxima, c - k, axis=1)[:, c - k]
+    sel = np.flatnonzero(vals >= np.repeat(thr, lens))
+    local, cols, vals = local[sel], cols[sel], vals[sel]
+    if k > 0:
+        sel = _top_k_per_row(local, cols, vals, m, k)
+        local, cols, vals = local[sel], cols[sel], vals[sel]
+    return local.astype(np.int64) + offset, cols, vals
+
+
+def _top_k_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Positions of each row's k largest values (ties to the lower column) among entries grouped by
+    row (rows in 0..m-1, non-decreasing; values >= 0)."""
+    # one int64 key per entry, unique within a row: the value's bits (monotone for floats >= 0) high,
+    # the column's complement low; a row's k largest keys are its top k
+    key = vals.view(np.int32).astype(np.int64)
+    key <<= 32
+    key |= np.int64(0xFFFFFFFF) - cols
+    lens = np.bincount(rows, minlength=m)
+    starts = np.cumsum(lens) - lens
+    thr = np.zeros(m, np.int64)  # rows with at most k entries keep them all
+    long_rows = np.flatnonzero(lens > k)
+    if len(long_rows):
+        widths = 1 << np.ceil(np.log2(lens[long_rows])).astype(np.int64)
+        for w in np.unique(widths):  # rows padded to a power of two: one partition per width
+            grp = long_rows[widths == w]
+            pos = starts[grp][:, None] + np.arange(w)[None, :]
+            padded = key[np.minimum(pos, len(key) - 1)]
+            padded[np.arange(w)[None, :] >= lens[grp][:, None]] = -1
+            padded.partition(w - k, axis=1)
+            thr[grp] = padded[:, w - k]
+    return np.flatnonzero(key >= np.repeat(thr, lens))

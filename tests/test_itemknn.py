@@ -1,0 +1,93 @@
+"""itemknn's blocked sparse top-N similarities against the exact dense computation."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from llmrec import models
+from llmrec.errors import ConfigError
+from llmrec.models.itemknn import cosine_top_n
+
+
+def dense_reference(x: np.ndarray, k: int, shrinkage: float) -> np.ndarray:
+    """Exact item-item cosine on a dense binary matrix, diagonal 0, each row's k largest kept (ties to the
+    lower column: a stable sort by descending value)."""
+    x = (x > 0).astype(np.float32)
+    co = x.T @ x
+    norms = np.sqrt(np.diag(co)).astype(np.float32)
+    sim = co / np.maximum(norms[:, None] * norms[None, :] + np.float32(shrinkage), np.float32(1e-12))
+    np.fill_diagonal(sim, 0.0)
+    if k > 0:
+        for r in range(len(sim)):
+            order = np.argsort(-sim[r], kind="stable")
+            sim[r, order[k:]] = 0.0
+    return sim
+
+
+def random_binary(n_users: int, n_items: int, density: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n_users, n_items)) < density).astype(np.float32)
+    x[:, -1] = 0.0  # an item nobody touched
+    return x
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 10])
+@pytest.mark.parametrize("shrinkage", [0.0, 2.5])
+@pytest.mark.parametrize("block", [1, 7, 1 << 30])  # one item per block, a few items, everything at once
+def test_blocked_top_n_equals_dense(k, shrinkage, block):
+    x = random_binary(40, 30, 0.2, seed=k)
+    got = cosine_top_n(sp.csr_matrix(x), k, shrinkage, block_products=block)
+    assert got.dtype == np.float32 and got.shape == (30, 30)
+    want = dense_reference(x, k, shrinkage)
+    np.testing.assert_array_equal(got.toarray() != 0, want != 0)
+    np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
+    if k:
+        assert np.diff(got.indptr).max() <= k
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_blocked_top_n_equals_dense_on_long_rows(k):
+    """Rows of 8k+ co-occurring items are first cut by a lower bound on their k-th value: still exact."""
+    x = random_binary(300, 200, 0.05, seed=k)
+    x[:3] = 1.0  # three users who touched everything: every row long, many ties
+    for block in (50, 1 << 30):
+        got = cosine_top_n(sp.csr_matrix(x), k, 0.5, block_products=block)
+        want = dense_reference(x, k, 0.5)
+        np.testing.assert_array_equal(got.toarray() != 0, want != 0)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
+
+
+def test_ties_go_to_the_lower_item_index():
+    # user 0 touches every item: all pairs co-occur once; items 1..5 also share user 1 with item 0,
+    # so row 0's similarities to items 1..5 tie (and to 6..9 tie lower)
+    x = np.zeros((3, 10), np.float32)
+    x[0] = 1
+    x[1, :6] = 1
+    x[2, 6:] = 1
+    got = cosine_top_n(sp.csr_matrix(x), 3, 0.0, block_products=1).toarray()
+    assert np.flatnonzero(got[0]).tolist() == [1, 2, 3]
+    assert np.flatnonzero(got[9]).tolist() == [6, 7, 8]
+    np.testing.assert_array_equal(got != 0, dense_reference(x, 3, 0.0) != 0)
+
+
+def test_repeated_interactions_count_once():
+    rows, cols = np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 0, 1])
+    once = cosine_top_n(sp.csr_matrix((np.ones(5, np.float32), (rows, cols)), shape=(2, 2)), 0)
+    np.testing.assert_allclose(once.toarray(), [[0, 1], [1, 0]], rtol=1e-6)
+
+
+def test_model_scores_with_the_blocked_similarities(tiny, tiny_split):
+    """The fitted model's similarities are the dense reference on its training matrix, and scores are
+    sums of a history's rows."""
+    m = models.get("itemknn", neighbors=5, shrinkage=1.0).fit(tiny, tiny_split, progress=False)
+    x = np.zeros((tiny.n_users, tiny.n_items), np.float32)
+    x[tiny_split.train.user, tiny_split.train.item] = 1
+    want = dense_reference(x, 5, 1.0)
+    np.testing.assert_allclose(m.sim.toarray(), want, rtol=1e-6)
+    hist = [np.array([0, 3, 7]), np.array([2])]
+    np.testing.assert_allclose(m.score_histories(hist), np.stack([want[h].sum(0) for h in hist]), rtol=1e-5)
+
+
+def test_negative_neighbors_is_refused():
+    with pytest.raises(ConfigError, match="neighbors"):
+        models.get("itemknn", neighbors=-1)
