@@ -41,7 +41,6 @@ from pydantic import (
     Tag,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import __version__
 from .errors import LLMRecError, UnknownNameError
@@ -237,6 +236,45 @@ class BodyGuard:
         return await self.app(scope, replay, send)
 
 
+def host_name(value: str) -> str | None:
+    """The name a Host header (or an allowed host) names: lower-case, without its port, its trailing dot
+    or an IPv6 address's brackets (``[::1]:8000`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``); None
+    when it is not a host name."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        name, bracket, port = v[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+    elif v.count(":") > 1:  # a bare IPv6 address (an allowed host; a Host header puts it in brackets)
+        name = v
+    else:
+        name, colon, port = v.partition(":")
+        if colon and not port.isdigit():
+            return None
+    name = name[:-1] if name.endswith(".") else name
+    return name if name and not any(c in name for c in " ,/@\\") else None
+
+
+class HostGuard:
+    """ASGI middleware: answer only requests whose one Host header names an allowed host (DNS rebinding);
+    others get 400. Names compare as ``host_name`` writes them (case, port, trailing dot, IPv6 brackets)."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.any = "*" in allowed_hosts
+        self.allowed = {n for n in map(host_name, allowed_hosts) if n}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any:
+            return await self.app(scope, receive, send)
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+        if name not in self.allowed:
+            why = "send one Host header" if len(hosts) != 1 else "this server does not answer that Host name"
+            return await _error(400, f"invalid Host header: {why}", "host")(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class _Batcher:
     """Concurrent /recommend calls for users or histories, answered by one ``Engine.recommend_many`` call on
     a scoring thread: the requests parsed in one turn of the event loop are scored together (one matrix
@@ -283,6 +321,9 @@ class _Batcher:
 
 def check_access(api_key: str | None, protect_reads: bool, public_user_data: bool) -> None:
     """Refuse access settings that would not do what they say."""
+    if api_key is not None and (api_key != api_key.strip() or any(c < " " or c == "\x7f" for c in api_key)):
+        raise LLMRecError("the API key (LLMREC_API_KEY) starts or ends with whitespace or holds a control "
+                          "character: no client could send it in a header")
     if protect_reads and not api_key:
         raise LLMRecError("--protect-reads needs an API key (set LLMREC_API_KEY): without one every read "
                           "would stay open")
@@ -301,7 +342,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
                   description="Recommendations made by language models, with a durable feedback loop.")
     app.add_middleware(BodyGuard, max_bytes=max_body, timeout=body_timeout)
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
     app.state.engine = engine
     batcher = _Batcher(engine)
     writes = "key" if api_key else ("open" if insecure else "disabled")
@@ -309,11 +350,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     user_data = "key" if api_key and not public_user_data else ("public" if public_user_data else "closed")
 
     def check_key(request: Request) -> None:
-        auth = request.headers.get("authorization", "")
         if not api_key:
             return
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        auths = request.headers.getlist("authorization")
+        if len(auths) > 1:  # which one counts would depend on who reads it (a proxy, this server)
+            raise _AuthError(400, "more than one Authorization header: send one")
+        scheme, _, token = (auths[0] if auths else "").strip().partition(" ")
+        # Header values arrive as bytes (Starlette decodes them as Latin-1): a key with non-ASCII
+        # characters is compared as the UTF-8 bytes a client sends.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"),
+                                                                 api_key.encode("utf-8")):
             raise _AuthError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
 
     async def write_guard(request: Request) -> None:  # async: no thread hop per request

@@ -1,0 +1,85 @@
+"""Attacks the hardening left open (issue 12 follow-up): each test here failed before its fix."""
+
+import pytest
+from fastapi.testclient import TestClient
+from servicekit import dataset
+
+from llmrec import models, service
+from llmrec.errors import LLMRecError
+from llmrec.server import check_access, create_app, host_name
+
+KEY = "attack-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return dataset()
+
+
+@pytest.fixture
+def engine(ds, tmp_path):
+    e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "state", source="t")
+    yield e
+    e.store.close()
+
+
+# Host names: the loopback names `llmrec serve` allows must be answered in every spelling a client uses
+@pytest.mark.parametrize("host", ["[::1]:8000", "[::1]", "LOCALHOST:8000", "localhost.:8000", "127.0.0.1.",
+                                  "127.0.0.1:8000"])
+def test_allowed_host_names_in_every_spelling(engine, host):
+    c = TestClient(create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1", "localhost", "::1"]))
+    r = c.get("/health", headers={"Host": host})
+    assert r.status_code == 200, (host, r.text)
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "localhost.attacker.example", "[::2]:80", "::2",
+                                  "localhost:abc", "127.0.0.1:80, attacker.example", "", "[::1", "a b"])
+def test_other_host_names_are_refused_with_json(engine, host):
+    c = TestClient(create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1", "localhost", "::1"]))
+    r = c.get("/health", headers={"Host": host})
+    assert r.status_code == 400, host
+    assert r.json()["field"] == "host"
+
+
+def test_two_host_headers_are_refused(engine):
+    from starlette.testclient import TestClient as Raw
+    app = create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1"])
+    sent = []
+
+    async def two_hosts(scope, receive, send):
+        scope["headers"] = [(b"host", b"127.0.0.1"), (b"host", b"attacker.example")]
+        sent.append(scope)
+        await app(scope, receive, send)
+    assert Raw(two_hosts).get("/health").status_code == 400 and sent
+
+
+def test_host_name():
+    assert host_name("[::1]:8000") == "::1" and host_name("::1") == "::1"
+    assert host_name("Example.COM.:443") == "example.com"
+    assert host_name("example.com:") is None and host_name("[::1]x") is None
+
+
+# Authorization: one header, compared as the bytes a client sends
+def test_two_authorization_headers_are_refused(engine):
+    c = TestClient(create_app(engine, api_key=KEY))
+    for pair in ([f"Bearer {KEY}", "Bearer wrong"], ["Bearer wrong", f"Bearer {KEY}"]):
+        r = c.get("/users", headers=[("Authorization", pair[0]), ("Authorization", pair[1])])
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == "authorization"
+    assert c.get("/users", headers=AUTH).status_code == 200
+
+
+def test_a_unicode_key_is_accepted_as_utf8(engine):
+    key = "clé-ключ-🔑"
+    c = TestClient(create_app(engine, api_key=key))
+    raw = ("Bearer " + key).encode("utf-8")
+    assert c.get("/users", headers=[(b"Authorization", raw)]).status_code == 200
+    assert c.get("/users", headers=[(b"Authorization", b"Bearer cl\xe9")]).status_code == 401
+    assert c.get("/users", headers=[(b"Authorization", raw[:-1])]).status_code == 401
+
+
+@pytest.mark.parametrize("key", [" lead", "trail ", "new\nline", "tab\tkey", "del\x7f"])
+def test_a_key_no_client_can_send_is_refused_at_start(key):
+    with pytest.raises(LLMRecError, match="API key"):
+        check_access(key, False, False)
