@@ -1,10 +1,13 @@
 """Attacks the hardening left open (issue 12 follow-up): each test here failed before its fix."""
 
+import threading
+
 import pytest
 from fastapi.testclient import TestClient
-from servicekit import dataset
+from servicekit import catalogue, dataset, interactions
 
 from llmrec import models, service
+from llmrec.data import build_dataset
 from llmrec.errors import LLMRecError
 from llmrec.server import check_access, create_app, host_name
 
@@ -83,3 +86,85 @@ def test_a_unicode_key_is_accepted_as_utf8(engine):
 def test_a_key_no_client_can_send_is_refused_at_start(key):
     with pytest.raises(LLMRecError, match="API key"):
         check_access(key, False, False)
+
+
+# A user whose stored events all name items the served catalogue lacks is skipped on load, and must
+# still be forgettable: their rows are on disk.
+def test_user_skipped_on_load_can_still_be_forgotten(ds, tmp_path):
+    e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "s")
+    e.add_events([{"user_id": "ghost", "item_id": "s0", "type": "like", "event_id": "g1"}])
+    e.store.close()
+    # the next start serves a catalogue without s0 (a new items file, a checkpoint)
+    cat, log = catalogue(), interactions()
+    small = build_dataset("small", log[log.item_id != "s0"], cat[cat.item_id != "s0"])
+    e2 = service.open_engine(models.get("itemknn").fit(small, progress=False), tmp_path / "s")
+    try:
+        assert e2.skipped_on_load == 1
+        c = TestClient(create_app(e2, api_key=KEY), headers=AUTH)
+        r = c.delete("/users/ghost")
+        assert r.status_code == 200, r.text
+        assert r.json()["events_deleted"] == 1
+        assert e2.store.count_events() == 0
+        assert c.delete("/users/ghost").status_code == 404
+    finally:
+        e2.store.close()
+
+
+# Retrain while serving: what is written during the fit must not be undone by the swap
+class _Gate:
+    """Makes the next fit of the engine's model kind wait until released."""
+
+    def __init__(self, monkeypatch):
+        self.started, self.go = threading.Event(), threading.Event()
+        real = models.get
+
+        def get(name, config=None):
+            m = real(name, config)
+            fit = m.fit
+
+            def slow_fit(*a, **kw):
+                self.started.set()
+                assert self.go.wait(10)
+                return fit(*a, **kw)
+            m.fit = slow_fit
+            return m
+        monkeypatch.setattr(models, "get", get)
+
+
+def _retrain_in_background(engine):
+    out = {}
+    t = threading.Thread(target=lambda: out.update(engine.retrain()))
+    t.start()
+    return t, out
+
+
+def test_item_replaced_during_retrain_keeps_its_new_text(engine, monkeypatch):
+    gate = _Gate(monkeypatch)
+    t, out = _retrain_in_background(engine)
+    assert gate.started.wait(10)
+    engine.upsert_item("s0", {"title": "Replaced while retraining"})
+    gate.go.set()
+    t.join(10)
+    assert engine.item("s0")["title"] == "Replaced while retraining"
+    assert out["swapped"] is False
+
+
+def test_user_forgotten_during_retrain_leaves_nothing_in_the_new_model(engine, monkeypatch, tmp_path):
+    gate = _Gate(monkeypatch)
+    t = threading.Thread(target=lambda: engine.retrain(out=tmp_path / "ckpt"))
+    t.start()
+    assert gate.started.wait(10)
+    engine.delete_user("u0")
+    gate.go.set()
+    t.join(10)
+    m = engine.model
+    assert m is not None and len(m.history_of("u0")) == 0
+    saved = models.load_model(tmp_path / "ckpt")
+    assert len(saved.history_of("u0")) == 0
+    assert len(saved.history_of("u1")) > 0
+
+
+def test_retrain_swaps_when_nothing_changed(engine):
+    before = engine.model
+    assert engine.retrain()["swapped"] is True
+    assert engine.model is not before

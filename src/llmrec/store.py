@@ -203,6 +203,12 @@ class Store:
                                         "WHERE user_id = ? ORDER BY seq", (user_id,)).fetchall()
         return (Event(*r) for r in rows)
 
+    def has_user(self, user_id: str) -> bool:
+        """Whether any row of the user is stored (events or profile)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events "
+                                    "WHERE user_id = ? LIMIT 1", (user_id, user_id)).fetchone() is not None
+
     def count_events(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
