@@ -1,15 +1,17 @@
 """Attacks the hardening left open (issue 12 follow-up): each test here failed before its fix."""
 
+import socket
 import threading
 
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from servicekit import catalogue, dataset, interactions
+from servicekit import catalogue, dataset, free_port, interactions, wait_healthy
 
 from llmrec import models, service
 from llmrec.data import build_dataset
 from llmrec.errors import LLMRecError
-from llmrec.server import check_access, create_app, host_name
+from llmrec.server import check_access, create_app, host_name, serve_config
 
 KEY = "attack-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -168,3 +170,45 @@ def test_retrain_swaps_when_nothing_changed(engine):
     before = engine.model
     assert engine.retrain()["swapped"] is True
     assert engine.model is not before
+
+
+# HTTP methods: HEAD is GET without the body; a 405 says what is allowed
+def test_head_is_answered_like_get(engine):
+    app = create_app(engine, api_key=KEY, public_user_data=True)
+    port = free_port()
+    srv = uvicorn.Server(serve_config(app, "127.0.0.1", port))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        for path in ("/health", "/", "/items/s0", "/users/u0/history"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), (path, head)
+            assert body == b"", path
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+def test_method_not_allowed_says_what_is(engine):
+    c = TestClient(create_app(engine, api_key=KEY))
+    r = c.request("TRACE", "/health")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    r = c.get("/recommend")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]
+
+
+# --protect-reads: /health tells who may do what, and the model, its source and the counts only with the key
+def test_protected_health_says_nothing_about_the_data_without_the_key(engine):
+    c = TestClient(create_app(engine, api_key=KEY, protect_reads=True))
+    open_ = c.get("/health").json()
+    assert open_["reads"] == "key" and open_["status"] == "ok"
+    assert not {"model", "source", "users", "items", "events"} & set(open_)
+    keyed = c.get("/health", headers=AUTH).json()
+    assert keyed["users"] == 60 and keyed["source"] == "t"
+    assert TestClient(create_app(engine, api_key=KEY)).get("/health").json()["users"] == 60

@@ -6,8 +6,9 @@ Who may do what (``Authorization: Bearer KEY``, KEY the configured ``LLMREC_API_
   unless the app was made ``insecure``;
 - user data (the user list, a user's history and events, and recommendations for a ``user_id``) needs the key
   too, unless the app was made with ``public_user_data`` (for demos); with no key it is refused;
-- recommendations for a ``history`` or a ``text``, items, ``/health`` and the page are open, unless
-  ``protect_reads`` (which needs a key) closes them too.
+- recommendations for a ``history`` or a ``text``, items and ``/health``'s model and counts are open,
+  unless ``protect_reads`` (which needs a key) closes them too; the page, ``/docs``, ``/openapi.json`` and
+  ``/health``'s status and access settings (what the page needs to ask for the key) stay open.
 
 Bodies are capped at ``max_body`` bytes and must arrive within ``body_timeout`` seconds; ``serve_config``
 bounds the request head (``MAX_HEADER_BYTES``, ``HEADER_TIMEOUT``). With ``allowed_hosts`` only those Host
@@ -275,6 +276,19 @@ class HostGuard:
         return await self.app(scope, receive, send)
 
 
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET (RFC 9110: a server supports both); the server sends the
+    head without the body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        return await self.app(scope, receive, send)
+
+
 class _Batcher:
     """Concurrent /recommend calls for users or histories, answered by one ``Engine.recommend_many`` call on
     a scoring thread: the requests parsed in one turn of the event loop are scored together (one matrix
@@ -340,6 +354,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     check_access(api_key, protect_reads, public_user_data)
     app = FastAPI(title="llmrec", version=__version__,
                   description="Recommendations made by language models, with a durable feedback loop.")
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyGuard, max_bytes=max_body, timeout=body_timeout)
     if allowed_hosts is not None:
         app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
@@ -409,7 +424,9 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     async def _http(request, e: StarletteHTTPException):
         if e.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8)
             return _error(400, f"body: could not be read as JSON ({e.detail}); send UTF-8 JSON", "body")
-        return _error(e.status_code, str(e.detail))
+        r = _error(e.status_code, str(e.detail))
+        r.headers.update(e.headers or {})  # e.g. a 405's Allow
+        return r
 
     @app.exception_handler(LLMRecError)
     async def _llmrec(request, e: LLMRecError):
@@ -430,9 +447,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         return HTMLResponse(resources.files("llmrec.web").joinpath("index.html").read_text("utf-8"))
 
     @app.get("/health")
-    def health() -> dict:
-        return {**engine.health(), "writes": writes, "reads": reads, "user_data": user_data,
-                "version": __version__}
+    def health(request: Request) -> dict:
+        """Status and who may do what; with ``protect_reads``, the model, its source and the counts only
+        with the key."""
+        access = {"writes": writes, "reads": reads, "user_data": user_data, "version": __version__}
+        if protect_reads:
+            try:
+                check_key(request)
+            except _AuthError:
+                return {"status": "ok", **access}
+        return {**engine.health(), **access}
 
     @app.post("/recommend", response_model=RecommendOut, dependencies=Read)
     async def recommend(req: RecommendIn, request: Request) -> Response:
