@@ -212,3 +212,21 @@ def test_protected_health_says_nothing_about_the_data_without_the_key(engine):
     keyed = c.get("/health", headers=AUTH).json()
     assert keyed["users"] == 60 and keyed["source"] == "t"
     assert TestClient(create_app(engine, api_key=KEY)).get("/health").json()["users"] == 60
+
+
+# A body sent without the JSON content type (curl -d sends a form type) is not read: say so
+@pytest.mark.parametrize("ct", ["text/plain", "application/x-www-form-urlencoded", "text/json", None])
+def test_body_of_another_content_type_gets_415_naming_it(engine, ct):
+    c = TestClient(create_app(engine, api_key=KEY), headers=AUTH)
+    headers = {} if ct is None else {"content-type": ct}
+    for method, path, body in (("POST", "/recommend", '{"history": ["s0"]}'),
+                               ("POST", "/events", '{"user_id": "u0", "item_id": "s0", "type": "like"}'),
+                               ("PUT", "/items/s0", '{"title": "x"}')):
+        r = c.request(method, path, content=body, headers=headers)
+        assert r.status_code == 415, (path, ct, r.text)
+        assert r.json()["field"] == "content-type" and "application/json" in r.json()["error"]
+    for ok in ("application/json; charset=utf-8", "APPLICATION/JSON", "application/problem+json"):
+        r = c.post("/recommend", content='{"history": ["s0"]}', headers={"content-type": ok})
+        assert r.status_code == 200, (ok, r.text)
+    r = c.post("/recommend", content='{"history": 3}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "history"

@@ -413,6 +413,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     async def _invalid(request, e: RequestValidationError):
         errs = e.errors()
         first = errs[0] if errs else {}
+        ct = request.headers.get("content-type", "")
+        if first.get("loc", ())[:1] == ("body",) and not _is_json(ct):  # the body was not read as JSON
+            return _error(415, f"body: send JSON with 'content-type: application/json' (got "
+                               f"{ct or 'no content-type'})", "content-type")
         if first.get("type") == "json_invalid":  # loc is (body, character position)
             pos = first.get("loc", ("body", "?"))[-1]
             return _error(422, f"body: invalid JSON at character {pos}", "body")
@@ -521,6 +525,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         return _json(engine.retrain())
 
     return app
+
+
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this content type as JSON (``application/json`` or ``+json``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 _EVENT_TAGS = {"one": "event", "list": "events", "wrapped": None}
