@@ -230,3 +230,33 @@ def test_body_of_another_content_type_gets_415_naming_it(engine, ct):
         assert r.status_code == 200, (ok, r.text)
     r = c.post("/recommend", content='{"history": 3}', headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["field"] == "history"
+
+
+def test_compressed_body_gets_415_naming_the_encoding(engine):
+    import gzip
+    c = TestClient(create_app(engine, api_key=KEY), headers=AUTH)
+    for enc in ("gzip", "deflate", "br", "GZIP"):
+        r = c.post("/recommend", content=gzip.compress(b'{"history": ["s0"]}'),
+                   headers={"content-type": "application/json", "content-encoding": enc})
+        assert r.status_code == 415 and r.json()["field"] == "content-encoding", r.text
+    r = c.post("/recommend", content=b'{"history": ["s0"]}',
+               headers={"content-type": "application/json", "content-encoding": "identity"})
+    assert r.status_code == 200
+
+
+# The store holds user data: other accounts on the machine must not read it around the key
+def test_store_files_are_the_owners_only(engine, tmp_path):
+    import os
+    import stat
+    engine.add_events([{"user_id": "u0", "item_id": "s1", "type": "like"}])
+    folder = engine.store.dir
+    assert stat.S_IMODE(os.stat(folder).st_mode) & 0o077 == 0
+    for f in folder.iterdir():
+        assert stat.S_IMODE(os.stat(f).st_mode) & 0o077 == 0, f
+    # a store made before this (world-readable file) is closed up when opened
+    from llmrec.store import Store
+    old = tmp_path / "old"
+    Store(old).close()
+    os.chmod(old / Store.FILENAME, 0o644)
+    Store(old).close()
+    assert stat.S_IMODE(os.stat(old / Store.FILENAME).st_mode) == 0o600

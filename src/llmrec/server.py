@@ -202,6 +202,9 @@ class BodyGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            return await _error(415, "content-encoding is not supported: send the body uncompressed",
+                                "content-encoding")(scope, receive, send)
         cl = headers.get(b"content-length")
         if cl is not None and (not cl.isdigit() or int(cl) > self.max):
             return await _error(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
