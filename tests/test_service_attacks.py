@@ -2,6 +2,7 @@
 
 import socket
 import threading
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -172,15 +173,24 @@ def test_retrain_swaps_when_nothing_changed(engine):
     assert engine.model is not before
 
 
-# HTTP methods: HEAD is GET without the body; a 405 says what is allowed
-def test_head_is_answered_like_get(engine):
-    app = create_app(engine, api_key=KEY, public_user_data=True)
+@contextmanager
+def _serving(app, **config):
+    """``app`` on a real uvicorn in a thread, configured as ``llmrec serve`` does; yields the port."""
     port = free_port()
-    srv = uvicorn.Server(serve_config(app, "127.0.0.1", port))
+    srv = uvicorn.Server(serve_config(app, "127.0.0.1", port, **config))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     try:
         wait_healthy(f"http://127.0.0.1:{port}")
+        yield port
+    finally:
+        srv.should_exit = True
+        t.join(10)
+
+
+# HTTP methods: HEAD is GET without the body; a 405 says what is allowed
+def test_head_is_answered_like_get(engine):
+    with _serving(create_app(engine, api_key=KEY, public_user_data=True)) as port:
         for path in ("/health", "/", "/items/s0", "/users/u0/history"):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
@@ -190,9 +200,6 @@ def test_head_is_answered_like_get(engine):
             head, _, body = got.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), (path, head)
             assert body == b"", path
-    finally:
-        srv.should_exit = True
-        t.join(10)
 
 
 def test_method_not_allowed_says_what_is(engine):
@@ -260,3 +267,25 @@ def test_store_files_are_the_owners_only(engine, tmp_path):
     os.chmod(old / Store.FILENAME, 0o644)
     Store(old).close()
     assert stat.S_IMODE(os.stat(old / Store.FILENAME).st_mode) == 0o600
+
+
+def test_blank_lines_after_an_answer_do_not_hold_the_connection(engine):
+    """httptools skips CRLFs between requests without starting one: a client sending one a second after
+    its first answer held the connection for ever (no head timer, no keep-alive timer)."""
+    with _serving(create_app(engine, api_key=KEY), header_timeout=1.0) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+            s.settimeout(0.25)
+            closed = False
+            for _ in range(16):  # 4 s at most; the head timeout is 1 s
+                try:
+                    s.sendall(b"\r\n")
+                    closed = s.recv(65536) == b"" or closed
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                if closed:
+                    break
+            assert closed, "still open after 4 s of blank lines"

@@ -598,6 +598,10 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if not self._in_head and (self.cycle is None or self.cycle.response_complete):
+                # bytes after an answer start the next head, timed from here: blank lines (which the
+                # parser skips without starting a request) cannot hold the connection open
+                self._open_head()
             if self._in_head:
                 self._head_bytes += len(data)
                 if self._head_bytes > max_header_bytes:
