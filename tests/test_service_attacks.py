@@ -289,3 +289,16 @@ def test_blank_lines_after_an_answer_do_not_hold_the_connection(engine):
                 if closed:
                     break
             assert closed, "still open after 4 s of blank lines"
+
+
+# The page: never framed by another site (clickjacking likes and dislikes); JSON never sniffed as HTML
+def test_page_cannot_be_framed_and_json_is_not_sniffed(engine):
+    c = TestClient(create_app(engine, insecure=True, public_user_data=True))
+    page = c.get("/")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    engine.upsert_item("x1", {"title": "<script>alert(1)</script>"})
+    for r in (c.get("/items/x1"), c.post("/recommend", json={"history": ["s0"], "k": 100}),
+              c.get("/items/nope")):
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["x-content-type-options"] == "nosniff", r.url

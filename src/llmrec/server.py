@@ -60,6 +60,8 @@ from .service import (
 )
 
 log = logging.getLogger("llmrec.server")
+PAGE_HEADERS = {"x-frame-options": "DENY", "content-security-policy": "frame-ancestors 'none'",
+                "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 MAX_BODY = 1 << 20
 BODY_TIMEOUT = 10.0      # seconds for a whole request body to arrive
 MAX_HEADER_BYTES = 16 * 1024
@@ -181,9 +183,11 @@ def _default(o):
 
 
 def _json(obj, status: int = 200) -> Response:
-    """Faster than FastAPI's jsonable_encoder, and numpy-safe."""
+    """Faster than FastAPI's jsonable_encoder, and numpy-safe. ``nosniff``: a title holding HTML is never
+    rendered as a page."""
     return Response(json.dumps(obj, ensure_ascii=False, default=_default, allow_nan=False).encode(),
-                    status_code=status, media_type="application/json")
+                    status_code=status, media_type="application/json",
+                    headers={"x-content-type-options": "nosniff"})
 
 
 def _error(status: int, message: str, field: str | None = None, **extra) -> Response:
@@ -451,7 +455,9 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     # Ids in paths take any character an id may hold, "/" included (percent-encoded): {name:path}.
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse(resources.files("llmrec.web").joinpath("index.html").read_text("utf-8"))
+        # never inside another site's frame (a click there would be a like or a dislike: clickjacking)
+        return HTMLResponse(resources.files("llmrec.web").joinpath("index.html").read_text("utf-8"),
+                            headers=PAGE_HEADERS)
 
     @app.get("/health")
     def health(request: Request) -> dict:
