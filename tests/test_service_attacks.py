@@ -104,11 +104,14 @@ def test_user_skipped_on_load_can_still_be_forgotten(ds, tmp_path):
     try:
         assert e2.skipped_on_load == 1
         c = TestClient(create_app(e2, api_key=KEY), headers=AUTH)
+        r = c.get("/users/ghost/events")  # what is stored about them can be seen
+        assert r.status_code == 200 and [x["event_id"] for x in r.json()["events"]] == ["g1"]
         r = c.delete("/users/ghost")
         assert r.status_code == 200, r.text
         assert r.json()["events_deleted"] == 1
         assert e2.store.count_events() == 0
         assert c.delete("/users/ghost").status_code == 404
+        assert c.get("/users/ghost/events").status_code == 404
     finally:
         e2.store.close()
 

@@ -243,7 +243,9 @@ class Engine:
                 "disliked": [{"item_id": cat.ids.id(i), "title": cat.titles([i])[0]} for i in dis]}
 
     def events(self, user_id: str) -> dict:
-        self._user_history(user_id)
+        """The user's stored events (also those skipped on load because their item left the catalogue)."""
+        if user_id not in self._hist and not self.store.has_user(user_id):
+            raise not_found("user", user_id, "user_id")
         return {"user_id": user_id,
                 "events": [{"event_id": e.event_id, "item_id": e.item_id, "type": e.type,
                             "value": e.value, "timestamp": e.ts} for e in self.store.events(user_id)]}
