@@ -1,9 +1,11 @@
 """Attacks the hardening left open (issue 12 follow-up): each test here failed before its fix."""
 
+import json
 import socket
 import threading
 from contextlib import contextmanager
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
@@ -305,3 +307,26 @@ def test_page_cannot_be_framed_and_json_is_not_sniffed(engine):
               c.get("/items/nope")):
         assert r.headers["content-type"] == "application/json"
         assert r.headers["x-content-type-options"] == "nosniff", r.url
+
+
+# Requests refused before the app (unparseable, head too big or too slow) get the same JSON error
+@pytest.mark.parametrize("raw, status", [
+    (b"GET /users/a b/history HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),   # a space in the path
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\r\n b\r\n\r\n", 400),  # obsolete line folding
+    (b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"0\r\n\r\n", 400),                                                     # smuggling: both lengths
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow", 408),
+])
+def test_requests_refused_before_the_app_get_json(engine, raw, status):
+    with _serving(create_app(engine, api_key=KEY), header_timeout=1.0) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(raw)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d" % status), got[:200]
+        assert b"content-type: application/json" in head.lower()
+        assert json.loads(body)["field"] in ("request", "head")
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200

@@ -596,12 +596,18 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             if self._in_head and not self.transport.is_closing():
                 self._refuse(408, b"request head not received in time")
 
-        def _refuse(self, status: int, msg: bytes) -> None:
-            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        def _refuse(self, status: int, msg: bytes, field: str = "head") -> None:
+            """Answer with the same JSON error as the app's (``{"error", "field"}``) and close."""
+            reason = {400: b"Bad Request", 408: b"Request Timeout",
+                      431: b"Request Header Fields Too Large"}[status]
+            body = json.dumps({"error": msg.decode(), "field": field}).encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                                 % (status, reason, len(msg), msg))
+                                 % (status, reason, len(body), body))
             self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:  # a request httptools cannot parse
+            self._refuse(400, b"not a valid HTTP/1.1 request: " + msg.encode("ascii", "replace"), "request")
 
         def data_received(self, data: bytes) -> None:
             if not self._in_head and (self.cycle is None or self.cycle.response_complete):
