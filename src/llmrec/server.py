@@ -587,7 +587,7 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             self._open_head()
 
         def _open_head(self) -> None:
-            self._head_bytes, self._in_head = 0, True
+            self._head_bytes, self._in_head, self._tail = 0, True, b""
             if self._head_timer is not None:
                 self._head_timer.cancel()
             self._head_timer = self.loop.call_later(header_timeout, self._head_late)
@@ -614,8 +614,11 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
                 # bytes after an answer start the next head, timed from here: blank lines (which the
                 # parser skips without starting a request) cannot hold the connection open
                 self._open_head()
-            if self._in_head:
-                self._head_bytes += len(data)
+            if self._in_head:  # count the head's bytes only: a chunk may carry the body too
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                self._tail = seen[-3:]
                 if self._head_bytes > max_header_bytes:
                     self._refuse(431, b"request head over %d bytes" % max_header_bytes)
                     return
