@@ -354,3 +354,34 @@ def test_a_body_sent_with_its_head_is_not_counted_as_head(engine):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: aaaaaaaaaa\r\n" * 2000 + b"\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 431")
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 5000000\r\n\r\n",
+    b"POST /events HTTP/1.1\r\nHost: attacker.example\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n",
+    b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\nContent-Length: 50\r\n\r\n",
+])
+def test_a_refusal_before_the_body_closes_the_connection(engine, head):
+    """Refused before its body was read (too big, wrong Host, compressed), the connection stayed open to a
+    body trickling in with no timer running on it."""
+    with _serving(create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1"]), header_timeout=1.0) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(head + b"{")
+            got = b""
+            while b"}" not in got:  # the refusal
+                got += s.recv(65536)
+            assert got.split(b" ")[1] in (b"413", b"400", b"415"), got[:200]
+            assert b"connection: close" in got.lower()
+            s.settimeout(0.25)
+            closed = False
+            for _ in range(12):  # 3 s at most of a body trickling in
+                try:
+                    s.sendall(b" ")
+                    closed = s.recv(65536) == b""
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                if closed:
+                    break
+            assert closed, "the connection stayed open"

@@ -194,6 +194,13 @@ def _error(status: int, message: str, field: str | None = None, **extra) -> Resp
     return _json({"error": message, "field": field, **extra}, status)
 
 
+def _refusal(status: int, message: str, field: str) -> Response:
+    """An error sent before the body was read: the connection is closed, not left to the unread body."""
+    r = _error(status, message, field)
+    r.headers["connection"] = "close"
+    return r
+
+
 class BodyGuard:
     """ASGI middleware: a request body must be at most ``max_bytes`` (413, by Content-Length or counted when
     chunked) and arrive whole within ``timeout`` seconds (408, and the connection is closed): a client that
@@ -207,11 +214,11 @@ class BodyGuard:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
-            return await _error(415, "content-encoding is not supported: send the body uncompressed",
-                                "content-encoding")(scope, receive, send)
+            return await _refusal(415, "content-encoding is not supported: send the body uncompressed",
+                                  "content-encoding")(scope, receive, send)
         cl = headers.get(b"content-length")
         if cl is not None and (not cl.isdigit() or int(cl) > self.max):
-            return await _error(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
+            return await _refusal(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
         if cl is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return await self.app(scope, receive, send)  # no body
         loop = asyncio.get_running_loop()
@@ -279,7 +286,7 @@ class HostGuard:
         name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
         if name not in self.allowed:
             why = "send one Host header" if len(hosts) != 1 else "this server does not answer that Host name"
-            return await _error(400, f"invalid Host header: {why}", "host")(scope, receive, send)
+            return await _refusal(400, f"invalid Host header: {why}", "host")(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -610,7 +617,8 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             self._refuse(400, b"not a valid HTTP/1.1 request: " + msg.encode("ascii", "replace"), "request")
 
         def data_received(self, data: bytes) -> None:
-            if not self._in_head and (self.cycle is None or self.cycle.response_complete):
+            if not self._in_head and (self.cycle is None or (self.cycle.response_complete
+                                                             and not self.cycle.more_body)):
                 # bytes after an answer start the next head, timed from here: blank lines (which the
                 # parser skips without starting a request) cannot hold the connection open
                 self._open_head()
