@@ -385,3 +385,16 @@ def test_a_refusal_before_the_body_closes_the_connection(engine, head):
                 if closed:
                     break
             assert closed, "the connection stayed open"
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(engine):
+    """"Transfer-Encoding: gzip, chunked" was read as an empty body (422 "body: Field required")."""
+    with _serving(create_app(engine, api_key=KEY)) as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 400"), got[:200]
+        assert json.loads(got.partition(b"\r\n\r\n")[2])["field"] == "transfer-encoding"

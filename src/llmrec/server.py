@@ -216,6 +216,10 @@ class BodyGuard:
         if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
             return await _refusal(415, "content-encoding is not supported: send the body uncompressed",
                                   "content-encoding")(scope, receive, send)
+        te = headers.get(b"transfer-encoding")
+        if te is not None and te.strip().lower() != b"chunked":  # httptools undoes chunked only
+            return await _refusal(400, "transfer-encoding: only chunked is supported", "transfer-encoding"
+                                  )(scope, receive, send)
         cl = headers.get(b"content-length")
         if cl is not None and (not cl.isdigit() or int(cl) > self.max):
             return await _refusal(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
