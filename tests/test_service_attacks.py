@@ -50,6 +50,13 @@ def test_other_host_names_are_refused_with_json(engine, host):
     assert r.json()["field"] == "host"
 
 
+def test_wildcard_allowed_hosts_still_work(engine):
+    c = TestClient(create_app(engine, api_key=KEY, allowed_hosts=["*.example.com", "127.0.0.1"]))
+    for host, status in (("api.example.com", 200), ("A.B.Example.com.:80", 200), ("example.com", 400),
+                         ("evilexample.com", 400), ("127.0.0.1", 200)):
+        assert c.get("/health", headers={"Host": host}).status_code == status, host
+
+
 def test_two_host_headers_are_refused(engine):
     from starlette.testclient import TestClient as Raw
     app = create_app(engine, api_key=KEY, allowed_hosts=["127.0.0.1"])

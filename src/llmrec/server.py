@@ -281,14 +281,19 @@ class HostGuard:
     def __init__(self, app, allowed_hosts: list[str]):
         self.app = app
         self.any = "*" in allowed_hosts
-        self.allowed = {n for n in map(host_name, allowed_hosts) if n}
+        self.allowed = {n for n in map(host_name, allowed_hosts) if n and not n.startswith("*.")}
+        self.suffixes = tuple(n[1:] for n in map(host_name, allowed_hosts) if n and n.startswith("*."))
+
+    def allows(self, name: str | None) -> bool:
+        """``name`` is allowed, or is a subdomain of a ``*.example.com`` pattern."""
+        return name is not None and (name in self.allowed or name.endswith(self.suffixes))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or self.any:
             return await self.app(scope, receive, send)
         hosts = [v for k, v in scope["headers"] if k == b"host"]
         name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
-        if name not in self.allowed:
+        if not self.allows(name):
             why = "send one Host header" if len(hosts) != 1 else "this server does not answer that Host name"
             return await _refusal(400, f"invalid Host header: {why}", "host")(scope, receive, send)
         return await self.app(scope, receive, send)
