@@ -94,7 +94,7 @@ def test_a_unicode_key_is_accepted_as_utf8(engine):
     assert c.get("/users", headers=[(b"Authorization", raw[:-1])]).status_code == 401
 
 
-@pytest.mark.parametrize("key", [" lead", "trail ", "new\nline", "tab\tkey", "del\x7f"])
+@pytest.mark.parametrize("key", [" lead", "trail ", "new\nline", "tab\tkey", "del\x7f", "not-utf8-\udcff"])
 def test_a_key_no_client_can_send_is_refused_at_start(key):
     with pytest.raises(LLMRecError, match="API key"):
         check_access(key, False, False)

@@ -361,6 +361,11 @@ def check_access(api_key: str | None, protect_reads: bool, public_user_data: boo
     if api_key is not None and (api_key != api_key.strip() or any(c < " " or c == "\x7f" for c in api_key)):
         raise LLMRecError("the API key (LLMREC_API_KEY) starts or ends with whitespace or holds a control "
                           "character: no client could send it in a header")
+    if api_key is not None and not api_key.isascii():
+        try:
+            api_key.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the environment that are not UTF-8 (surrogate-escaped)
+            raise LLMRecError("the API key (LLMREC_API_KEY) is not valid UTF-8") from None
     if protect_reads and not api_key:
         raise LLMRecError("--protect-reads needs an API key (set LLMREC_API_KEY): without one every read "
                           "would stay open")
