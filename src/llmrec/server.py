@@ -6,8 +6,9 @@ Who may do what (``Authorization: Bearer KEY``, KEY the configured ``LLMREC_API_
   unless the app was made ``insecure``;
 - user data (the user list, a user's history and events, and recommendations for a ``user_id``) needs the key
   too, unless the app was made with ``public_user_data`` (for demos); with no key it is refused;
-- recommendations for a ``history`` or a ``text``, items, ``/health`` and the page are open, unless
-  ``protect_reads`` (which needs a key) closes them too.
+- recommendations for a ``history`` or a ``text``, items and ``/health``'s model and counts are open,
+  unless ``protect_reads`` (which needs a key) closes them too; the page, ``/docs``, ``/openapi.json`` and
+  ``/health``'s status and access settings (what the page needs to ask for the key) stay open.
 
 Bodies are capped at ``max_body`` bytes and must arrive within ``body_timeout`` seconds; ``serve_config``
 bounds the request head (``MAX_HEADER_BYTES``, ``HEADER_TIMEOUT``). With ``allowed_hosts`` only those Host
@@ -41,7 +42,6 @@ from pydantic import (
     Tag,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import __version__
 from .errors import LLMRecError, UnknownNameError
@@ -60,6 +60,8 @@ from .service import (
 )
 
 log = logging.getLogger("llmrec.server")
+PAGE_HEADERS = {"x-frame-options": "DENY", "content-security-policy": "frame-ancestors 'none'",
+                "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 MAX_BODY = 1 << 20
 BODY_TIMEOUT = 10.0      # seconds for a whole request body to arrive
 MAX_HEADER_BYTES = 16 * 1024
@@ -181,13 +183,22 @@ def _default(o):
 
 
 def _json(obj, status: int = 200) -> Response:
-    """Faster than FastAPI's jsonable_encoder, and numpy-safe."""
+    """Faster than FastAPI's jsonable_encoder, and numpy-safe. ``nosniff``: a title holding HTML is never
+    rendered as a page."""
     return Response(json.dumps(obj, ensure_ascii=False, default=_default, allow_nan=False).encode(),
-                    status_code=status, media_type="application/json")
+                    status_code=status, media_type="application/json",
+                    headers={"x-content-type-options": "nosniff"})
 
 
 def _error(status: int, message: str, field: str | None = None, **extra) -> Response:
     return _json({"error": message, "field": field, **extra}, status)
+
+
+def _refusal(status: int, message: str, field: str) -> Response:
+    """An error sent before the body was read: the connection is closed, not left to the unread body."""
+    r = _error(status, message, field)
+    r.headers["connection"] = "close"
+    return r
 
 
 class BodyGuard:
@@ -202,9 +213,16 @@ class BodyGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            return await _refusal(415, "content-encoding is not supported: send the body uncompressed",
+                                  "content-encoding")(scope, receive, send)
+        te = headers.get(b"transfer-encoding")
+        if te is not None and te.strip().lower() != b"chunked":  # httptools undoes chunked only
+            return await _refusal(400, "transfer-encoding: only chunked is supported", "transfer-encoding"
+                                  )(scope, receive, send)
         cl = headers.get(b"content-length")
         if cl is not None and (not cl.isdigit() or int(cl) > self.max):
-            return await _error(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
+            return await _refusal(413, f"request body over {self.max} bytes", "body")(scope, receive, send)
         if cl is None and b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return await self.app(scope, receive, send)  # no body
         loop = asyncio.get_running_loop()
@@ -235,6 +253,63 @@ class BodyGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
         return await self.app(scope, replay, send)
+
+
+def host_name(value: str) -> str | None:
+    """The name a Host header (or an allowed host) names: lower-case, without its port, its trailing dot
+    or an IPv6 address's brackets (``[::1]:8000`` -> ``::1``, ``LocalHost.:80`` -> ``localhost``); None
+    when it is not a host name."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        name, bracket, port = v[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and port[1:].isdigit())):
+            return None
+    elif v.count(":") > 1:  # a bare IPv6 address (an allowed host; a Host header puts it in brackets)
+        name = v
+    else:
+        name, colon, port = v.partition(":")
+        if colon and not port.isdigit():
+            return None
+    name = name[:-1] if name.endswith(".") else name
+    return name if name and not any(c in name for c in " ,/@\\") else None
+
+
+class HostGuard:
+    """ASGI middleware: answer only requests whose one Host header names an allowed host (DNS rebinding);
+    others get 400. Names compare as ``host_name`` writes them (case, port, trailing dot, IPv6 brackets)."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.any = "*" in allowed_hosts
+        self.allowed = {n for n in map(host_name, allowed_hosts) if n and not n.startswith("*.")}
+        self.suffixes = tuple(n[1:] for n in map(host_name, allowed_hosts) if n and n.startswith("*."))
+
+    def allows(self, name: str | None) -> bool:
+        """``name`` is allowed, or is a subdomain of a ``*.example.com`` pattern."""
+        return name is not None and (name in self.allowed or name.endswith(self.suffixes))
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.any:
+            return await self.app(scope, receive, send)
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        name = host_name(hosts[0].decode("latin-1")) if len(hosts) == 1 else None
+        if not self.allows(name):
+            why = "send one Host header" if len(hosts) != 1 else "this server does not answer that Host name"
+            return await _refusal(400, f"invalid Host header: {why}", "host")(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET (RFC 9110: a server supports both); the server sends the
+    head without the body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        return await self.app(scope, receive, send)
 
 
 class _Batcher:
@@ -283,6 +358,14 @@ class _Batcher:
 
 def check_access(api_key: str | None, protect_reads: bool, public_user_data: bool) -> None:
     """Refuse access settings that would not do what they say."""
+    if api_key is not None and (api_key != api_key.strip() or any(c < " " or c == "\x7f" for c in api_key)):
+        raise LLMRecError("the API key (LLMREC_API_KEY) starts or ends with whitespace or holds a control "
+                          "character: no client could send it in a header")
+    if api_key is not None and not api_key.isascii():
+        try:
+            api_key.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the environment that are not UTF-8 (surrogate-escaped)
+            raise LLMRecError("the API key (LLMREC_API_KEY) is not valid UTF-8") from None
     if protect_reads and not api_key:
         raise LLMRecError("--protect-reads needs an API key (set LLMREC_API_KEY): without one every read "
                           "would stay open")
@@ -299,9 +382,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     check_access(api_key, protect_reads, public_user_data)
     app = FastAPI(title="llmrec", version=__version__,
                   description="Recommendations made by language models, with a durable feedback loop.")
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyGuard, max_bytes=max_body, timeout=body_timeout)
     if allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+        app.add_middleware(HostGuard, allowed_hosts=allowed_hosts)
     app.state.engine = engine
     batcher = _Batcher(engine)
     writes = "key" if api_key else ("open" if insecure else "disabled")
@@ -309,11 +393,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     user_data = "key" if api_key and not public_user_data else ("public" if public_user_data else "closed")
 
     def check_key(request: Request) -> None:
-        auth = request.headers.get("authorization", "")
         if not api_key:
             return
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        auths = request.headers.getlist("authorization")
+        if len(auths) > 1:  # which one counts would depend on who reads it (a proxy, this server)
+            raise _AuthError(400, "more than one Authorization header: send one")
+        scheme, _, token = (auths[0] if auths else "").strip().partition(" ")
+        # Header values arrive as bytes (Starlette decodes them as Latin-1): a key with non-ASCII
+        # characters is compared as the UTF-8 bytes a client sends.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1"),
+                                                                 api_key.encode("utf-8")):
             raise _AuthError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'")
 
     async def write_guard(request: Request) -> None:  # async: no thread hop per request
@@ -352,6 +441,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     async def _invalid(request, e: RequestValidationError):
         errs = e.errors()
         first = errs[0] if errs else {}
+        ct = request.headers.get("content-type", "")
+        if first.get("loc", ())[:1] == ("body",) and not _is_json(ct):  # the body was not read as JSON
+            return _error(415, f"body: send JSON with 'content-type: application/json' (got "
+                               f"{ct or 'no content-type'})", "content-type")
         if first.get("type") == "json_invalid":  # loc is (body, character position)
             pos = first.get("loc", ("body", "?"))[-1]
             return _error(422, f"body: invalid JSON at character {pos}", "body")
@@ -363,7 +456,9 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     async def _http(request, e: StarletteHTTPException):
         if e.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8)
             return _error(400, f"body: could not be read as JSON ({e.detail}); send UTF-8 JSON", "body")
-        return _error(e.status_code, str(e.detail))
+        r = _error(e.status_code, str(e.detail))
+        r.headers.update(e.headers or {})  # e.g. a 405's Allow
+        return r
 
     @app.exception_handler(LLMRecError)
     async def _llmrec(request, e: LLMRecError):
@@ -381,12 +476,21 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     # Ids in paths take any character an id may hold, "/" included (percent-encoded): {name:path}.
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse(resources.files("llmrec.web").joinpath("index.html").read_text("utf-8"))
+        # never inside another site's frame (a click there would be a like or a dislike: clickjacking)
+        return HTMLResponse(resources.files("llmrec.web").joinpath("index.html").read_text("utf-8"),
+                            headers=PAGE_HEADERS)
 
     @app.get("/health")
-    def health() -> dict:
-        return {**engine.health(), "writes": writes, "reads": reads, "user_data": user_data,
-                "version": __version__}
+    def health(request: Request) -> dict:
+        """Status and who may do what; with ``protect_reads``, the model, its source and the counts only
+        with the key."""
+        access = {"writes": writes, "reads": reads, "user_data": user_data, "version": __version__}
+        if protect_reads:
+            try:
+                check_key(request)
+            except _AuthError:
+                return {"status": "ok", **access}
+        return {**engine.health(), **access}
 
     @app.post("/recommend", response_model=RecommendOut, dependencies=Read)
     async def recommend(req: RecommendIn, request: Request) -> Response:
@@ -453,6 +557,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     return app
 
 
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this content type as JSON (``application/json`` or ``+json``)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 _EVENT_TAGS = {"one": "event", "list": "events", "wrapped": None}
 
 
@@ -498,7 +608,7 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             self._open_head()
 
         def _open_head(self) -> None:
-            self._head_bytes, self._in_head = 0, True
+            self._head_bytes, self._in_head, self._tail = 0, True, b""
             if self._head_timer is not None:
                 self._head_timer.cancel()
             self._head_timer = self.loop.call_later(header_timeout, self._head_late)
@@ -507,16 +617,30 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
             if self._in_head and not self.transport.is_closing():
                 self._refuse(408, b"request head not received in time")
 
-        def _refuse(self, status: int, msg: bytes) -> None:
-            reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        def _refuse(self, status: int, msg: bytes, field: str = "head") -> None:
+            """Answer with the same JSON error as the app's (``{"error", "field"}``) and close."""
+            reason = {400: b"Bad Request", 408: b"Request Timeout",
+                      431: b"Request Header Fields Too Large"}[status]
+            body = json.dumps({"error": msg.decode(), "field": field}).encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
                                  b"content-length: %d\r\nconnection: close\r\n\r\n%s"
-                                 % (status, reason, len(msg), msg))
+                                 % (status, reason, len(body), body))
             self.transport.close()
 
+        def send_400_response(self, msg: str) -> None:  # a request httptools cannot parse
+            self._refuse(400, b"not a valid HTTP/1.1 request: " + msg.encode("ascii", "replace"), "request")
+
         def data_received(self, data: bytes) -> None:
-            if self._in_head:
-                self._head_bytes += len(data)
+            if not self._in_head and (self.cycle is None or (self.cycle.response_complete
+                                                             and not self.cycle.more_body)):
+                # bytes after an answer start the next head, timed from here: blank lines (which the
+                # parser skips without starting a request) cannot hold the connection open
+                self._open_head()
+            if self._in_head:  # count the head's bytes only: a chunk may carry the body too
+                seen = self._tail + data
+                end = seen.find(b"\r\n\r\n")
+                self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._tail))
+                self._tail = seen[-3:]
                 if self._head_bytes > max_header_bytes:
                     self._refuse(431, b"request head over %d bytes" % max_header_bytes)
                     return

@@ -243,7 +243,9 @@ class Engine:
                 "disliked": [{"item_id": cat.ids.id(i), "title": cat.titles([i])[0]} for i in dis]}
 
     def events(self, user_id: str) -> dict:
-        self._user_history(user_id)
+        """The user's stored events (also those skipped on load because their item left the catalogue)."""
+        if user_id not in self._hist and not self.store.has_user(user_id):
+            raise not_found("user", user_id, "user_id")
         return {"user_id": user_id,
                 "events": [{"event_id": e.event_id, "item_id": e.item_id, "type": e.type,
                             "value": e.value, "timestamp": e.ts} for e in self.store.events(user_id)]}
@@ -464,7 +466,9 @@ class Engine:
         is answered as a duplicate and brings nothing back."""
         user_id = check_id(user_id, "user_id")
         with self._write_lock:
-            if user_id not in self._hist:
+            # a user whose stored events all name items the served catalogue lacks (skipped on load) is
+            # not in memory, and is still forgotten: their rows are on disk
+            if user_id not in self._hist and not self.store.has_user(user_id):
                 raise not_found("user", user_id, "user_id")
             n, erased = self.store.forget_user(user_id)
             self._hist.pop(user_id, None)
@@ -559,20 +563,25 @@ class Engine:
         """Fit a fresh model of the same kind and config on ``snapshot()``, swap it in, and save it to
         ``out`` when given (a checkpoint ``llmrec serve --model-dir`` serves)."""
         from . import models
+        version = self._catalog_version  # read first: a change before the snapshot also keeps the old model
         ds = self.snapshot()
         t0 = time.perf_counter()
         fresh = models.get(self.model.name, self.model.config).fit(ds, progress=progress)
         fit_s = time.perf_counter() - t0
         with self._write_lock, self._model_lock.write():
-            # items added while fitting are not in ``fresh``: keep serving the old model then
-            if len(self.model.catalog) == len(fresh.catalog):
+            # the model's copy of each history is the current one: a user forgotten while fitting (and
+            # perhaps back with new events) keeps nothing of the snapshot's history
+            fresh.set_histories([self._hist.get(uid, EMPTY) for uid in fresh.users.ids()])
+            # items added or replaced while fitting are not in ``fresh``: keep serving the old model then
+            swapped = self._catalog_version == version
+            if swapped:
                 self.model = fresh
                 self._catalog_version += 1
                 self._masks.clear()
         if out is not None:
             fresh.save(out, card={"dataset": ds.name, "trained_on": "service snapshot",
                                   "interactions": int(len(ds.interactions))})
-        return {"model": fresh.name, "users": ds.n_users, "items": ds.n_items,
+        return {"model": fresh.name, "swapped": swapped, "users": ds.n_users, "items": ds.n_items,
                 "interactions": int(len(ds.interactions)), "fit_seconds": round(fit_s, 3),
                 "out": None if out is None else str(out)}
 

@@ -102,10 +102,13 @@ class Store:
 
     def __init__(self, data_dir: str | Path):
         self.dir = Path(data_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: the owner's only
         self.path = self.dir / self.FILENAME
         self._secret = _read_secret(self.dir)
         self._lock = threading.Lock()
+        # user data, readable by the owner only (SQLite gives the -wal and -shm files the same mode)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -202,6 +205,12 @@ class Store:
                 rows = self._db.execute("SELECT event_id, user_id, item_id, type, value, ts FROM events "
                                         "WHERE user_id = ? ORDER BY seq", (user_id,)).fetchall()
         return (Event(*r) for r in rows)
+
+    def has_user(self, user_id: str) -> bool:
+        """Whether any row of the user is stored (events or profile)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events "
+                                    "WHERE user_id = ? LIMIT 1", (user_id, user_id)).fetchone() is not None
 
     def count_events(self) -> int:
         with self._lock:
