@@ -213,9 +213,10 @@ class FaissIndex(Index):
         q = {"flat": "Flat", "sq8": "SQ8", "pq": f"PQ{p['pq_m'] or _pq_m(d)}"}[p["quantizer"]]
         if self.kind == "hnsw":
             return f"HNSW{p['hnsw_m']}" + ("" if q == "Flat" else f",{q}")
-        return f"IVF{self._nlist(n)},{q}"
+        return f"IVF{self.nlist_for(n)},{q}"
 
-    def _nlist(self, n: int) -> int:
+    def nlist_for(self, n: int) -> int:
+        """IVF lists for a first ``add`` of ``n`` vectors: ``nlist``, or 4 sqrt(n)."""
         return int(self.params["nlist"] or max(1, min(n, int(4 * np.sqrt(n)))))
 
     def add(self, vectors):
@@ -225,7 +226,7 @@ class FaissIndex(Index):
         if self.index is not None and d != self.index.d:
             raise LLMRecError(f"vectors have {d} dimensions, the index {self.index.d}")
         est = estimate_bytes(self.kind, self.n + len(x), d, p["hnsw_m"], p["quantizer"],
-                             p["pq_m"] or _pq_m(d), self._nlist(self.n + len(x)))
+                             p["pq_m"] or _pq_m(d), self.nlist_for(self.n + len(x)))
         _check_fits(self.kind, self.n + len(x), d, est, p["memory_limit_mb"])
         if self.index is None:
             self.index = faiss.index_factory(d, self.factory_string(len(x), d), self._faiss_metric())
@@ -243,6 +244,16 @@ class FaissIndex(Index):
             block = x[s:s + ADD_BLOCK]
             self.index.add(_unit(block) if self.metric == "cosine" else block)
         self.n = self.index.ntotal
+        return self
+
+    def tune(self, ef_search: int | None = None, nprobe: int | None = None) -> FaissIndex:
+        """Change the search-time trade-off of a built index (HNSW ``ef_search``, IVF ``nprobe``)."""
+        if ef_search is not None:
+            self.params["ef_search"] = ef_search
+        if nprobe is not None:
+            self.params["nprobe"] = nprobe
+        if self.index is not None:
+            self._set_search_params()
         return self
 
     def _set_search_params(self) -> None:

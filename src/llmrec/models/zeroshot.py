@@ -102,6 +102,7 @@ class ZeroShot(Recommender):
     def encoder(self) -> encoders.Encoder:
         if self._encoder is None:
             if self.encoder_name is None:  # "auto": chosen once, by the catalogue the model is fitted on
+                self._check_fitted()
                 self.encoder_name = encoders.auto(len(self.catalog))
             enc = encoders.get(self.encoder_name)
             self._encoder = encoders.cached(enc) if self.config.cache else enc
