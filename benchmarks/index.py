@@ -9,8 +9,8 @@ encoder (``encoders.auto``), streamed into ``cache_dir()/bench/book-crossing.<en
 a rerun reads it back). Queries: ``--queries`` pooled users, each the normalised mean of two random items'
 vectors (what a zero-shot user vector is). Synthetic: 384-d vectors around 1,000 Gaussian centres.
 Recall@10 is the share of the exact top 10 found; latency p50/p99 is per single query, timed one by one.
-Memory: the index's resident bytes from its serialised size (FAISS) or array size (exact), and this
-process's peak RSS.
+Memory: the index's size (its FAISS file, or the exact index's array), the growth of this process's
+resident memory over the build, and its peak RSS (which includes the vectors and the exact index).
 """
 
 from __future__ import annotations
@@ -83,20 +83,28 @@ def latency_ms(ix: index.Index, q: np.ndarray, n: int = 200) -> tuple[float, flo
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def index_mb(ix: index.Index) -> float:
+    """The index's size: its array (exact) or its FAISS file, written to a temporary file (serialising
+    it in memory would double a 1M-vector index in this process's peak)."""
     if isinstance(ix, index.ExactIndex):
         return ix.vectors.nbytes / 2 ** 20
-    import faiss
-    return len(faiss.serialize_index(ix.index)) / 2 ** 20
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return ix.save(Path(tmp) / "ix").stat().st_size / 2 ** 20
 
 
 def measure(name: str, x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray, kind: str, build: dict,
             sweep: tuple[str, tuple[int, ...]] | None) -> list[dict]:
     """Build once with ``build`` params, then search at each value of the swept search parameter."""
     gc.collect()
-    t0 = time.perf_counter()
+    rss0, t0 = rss_mb(), time.perf_counter()
     ix = index.make(kind, **build).add(x)
-    build_s = time.perf_counter() - t0
+    build_s, rss_growth = time.perf_counter() - t0, rss_mb() - rss0
     rows = []
     for value in (sweep[1] if sweep else (None,)):
         if sweep:
@@ -106,6 +114,7 @@ def measure(name: str, x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray, kind
         row = {"set": name, "n": len(x), "kind": kind, **build, **({sweep[0]: value} if sweep else {}),
                "factory": ix.factory_string(len(x), x.shape[1]) if kind != "exact" else "exact",
                "build_seconds": round(build_s, 1), "index_mb": round(index_mb(ix), 1),
+               "rss_growth_during_build_mb": round(rss_growth),
                "estimate_mb": round(index.estimate_bytes(
                    kind, len(x), x.shape[1], build.get("hnsw_m", 32), build.get("quantizer", "flat"),
                    nlist=ix.nlist_for(len(x)) if kind == "ivf" else 1) / 2 ** 20, 1),
