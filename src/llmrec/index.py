@@ -288,7 +288,7 @@ class FaissIndex(Index):
         if self.index is None:
             raise LLMRecError("nothing to save: the index is empty")
         path = Path(path)
-        _atomic(path, lambda f: f.write(self.faiss.serialize_index(self.index).tobytes()))
+        _atomic(path, lambda tmp: self.faiss.write_index(self.index, str(tmp)), by_name=True)
         return _write_meta(path, self, {k: v for k, v in self.params.items()})
 
 
@@ -352,12 +352,16 @@ def _hnsw(index):
     return faiss.downcast_index(index).hnsw
 
 
-def _atomic(path: Path, write) -> None:
+def _atomic(path: Path, write, by_name: bool = False) -> None:
+    """``write(file)`` (or ``write(temporary path)``) to a temporary name, then renamed onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        if by_name:  # FAISS writes the file itself: no in-memory copy of a large index
+            write(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                write(f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -390,7 +394,7 @@ def load(path) -> Index:
         ix.n = len(ix.vectors)
     else:
         ix = FaissIndex(metric, kind, **params)
-        ix.index = ix.faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        ix.index = ix.faiss.read_index(str(path))
         ix._set_search_params()
         ix.n = ix.index.ntotal
     if ix.n != meta["n"]:
