@@ -167,6 +167,19 @@ def test_onnx_fast_path_agrees_with_sentence_transformers(sentences):
 
 
 @pytest.mark.slow
+def test_minilm_l3_int8_agrees_with_its_fp32_graph_and_finds_the_same_neighbour(sentences):
+    fp32 = encoders.get("minilm-l3-onnx").encode(sentences)
+    int8 = encoders.get("minilm-l3-onnx-int8").encode(sentences)
+    assert fp32.shape == (len(sentences), 384)
+    cos = (fp32 * int8).sum(1)
+    assert cos.min() >= 0.98 and cos.mean() >= 0.99, (cos.min(), cos.mean())
+    a, b = fp32 @ fp32.T, int8 @ int8.T
+    np.fill_diagonal(a, -1)
+    np.fill_diagonal(b, -1)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.slow
 def test_real_encoder_warns_once_on_overlong_text():
     enc = encoders.get("minilm-onnx")
     enc._warned = False
