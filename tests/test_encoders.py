@@ -106,7 +106,7 @@ def test_queries_are_cached_in_memory_only_and_bounded(tmp_path):
     texts = [f"my private interests number {j}" for j in range(10)]
     first = enc.encode(texts, kind="query")
     assert sorted(p.name for p in tmp_path.rglob("*")) == before, "a query was written to disk"
-    for f in tmp_path.rglob("*.npz"):
+    for f in tmp_path.rglob("*.npy"):
         assert b"private" not in f.read_bytes()
     assert len(enc._queries) == 3
     n = len(inner.encoded)
@@ -125,7 +125,7 @@ def test_cache_writes_whole_shards_only(tmp_path):
         enc.encode(["fine", ""])  # bad input is refused before anything is encoded
     files = [p.name for p in tmp_path.rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith(".tmp")]
-    shards = list(tmp_path.rglob("*.npz"))
+    shards = list(tmp_path.rglob("*.keys.npy"))
     assert len(shards) == 1  # the first whole chunk, nothing from the chunk that failed
     fresh = BagOfWords()
     encoders.CachedEncoder(fresh, folder=tmp_path).encode(["a b", "c d", "g h"])
@@ -167,6 +167,19 @@ def test_onnx_fast_path_agrees_with_sentence_transformers(sentences):
 
 
 @pytest.mark.slow
+def test_minilm_l3_int8_agrees_with_its_fp32_graph_and_finds_the_same_neighbour(sentences):
+    fp32 = encoders.get("minilm-l3-onnx").encode(sentences)
+    int8 = encoders.get("minilm-l3-onnx-int8").encode(sentences)
+    assert fp32.shape == (len(sentences), 384)
+    cos = (fp32 * int8).sum(1)
+    assert cos.min() >= 0.98 and cos.mean() >= 0.99, (cos.min(), cos.mean())
+    a, b = fp32 @ fp32.T, int8 @ int8.T
+    np.fill_diagonal(a, -1)
+    np.fill_diagonal(b, -1)
+    assert (a.argmax(1) == b.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.slow
 def test_real_encoder_warns_once_on_overlong_text():
     enc = encoders.get("minilm-onnx")
     enc._warned = False
@@ -188,3 +201,60 @@ def test_smollm2_causal_lm_as_encoder():
     x = enc.encode(["a film about aliens", "a film about aliens", "a bread recipe"])
     assert x.shape == (3, enc.dim) and enc.dim == 576 and np.isfinite(x).all()
     np.testing.assert_allclose(x[0], x[1], atol=1e-5)
+
+
+class DiesAfter(BagOfWords):
+    """Raises (as a kill would stop it) once ``n_batches`` batches have been encoded."""
+
+    def __init__(self, n_batches: int):
+        super().__init__()
+        self.left = n_batches
+
+    def _encode_batch(self, texts, kind):
+        if self.left == 0:
+            raise KeyboardInterrupt("killed")
+        self.left -= 1
+        return super()._encode_batch(texts, kind)
+
+
+def test_streamed_encode_killed_midway_resumes_without_re_encoding(tmp_path):
+    texts = [f"item number {i} about {'space ' * (i % 7)}robots" for i in range(1_000)]
+    reference = BagOfWords().encode(texts)
+    # chunks of 100 texts, batches of 25: the kill comes in the 4th batch of the 4th chunk
+    dying = DiesAfter(3 * 4 + 3)
+    with pytest.raises(KeyboardInterrupt):
+        encoders.CachedEncoder(dying, folder=tmp_path, shard_size=100).encode(texts, batch_size=25)
+    done = len(dying.encoded)
+    assert done == 375 and len(list(tmp_path.rglob("*.keys.npy"))) == 3  # 3 whole chunks on disk
+    fresh = BagOfWords()
+    enc = encoders.CachedEncoder(fresh, folder=tmp_path, shard_size=100)
+    out = np.lib.format.open_memmap(tmp_path / "out.npy", mode="w+", dtype=np.float32, shape=(1_000, 64))
+    got = enc.encode(texts, batch_size=25, out=out)
+    assert got is out
+    assert len(fresh.encoded) == 700 and not set(fresh.encoded) & set(dying.encoded[:300])
+    assert (enc.hits, enc.misses) == (300, 700)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy", mmap_mode="r"), reference)
+    # a second run reads every vector back from the memory-mapped chunks
+    again = BagOfWords()
+    np.testing.assert_array_equal(encoders.CachedEncoder(again, folder=tmp_path).encode(texts), reference)
+    assert again.encoded == []
+
+
+def test_progress_bar_counts_every_text(tmp_path, monkeypatch):
+    seen = []
+    real = encoders._bar
+
+    def spy(total, done, name, progress):
+        bar = real(total, done, name, progress)
+        seen.append(bar)
+        return bar
+    monkeypatch.setattr(encoders, "_bar", spy)
+    enc = encoders.CachedEncoder(BagOfWords(), folder=tmp_path, shard_size=10)
+    enc.encode([f"text {i}" for i in range(25)], progress=True)
+    enc.encode([f"text {i}" for i in range(30)], progress=True)
+    assert [(b.total, b.n) for b in seen] == [(25, 25), (30, 30)]  # not chunks: texts, cached ones included
+
+
+def test_auto_encoder_by_catalogue_size():
+    assert encoders.auto(3_706) == "minilm"
+    assert encoders.auto(encoders.LARGE_CATALOGUE) == encoders.auto(1_000_000) == "minilm-onnx-int8"

@@ -70,3 +70,82 @@ def test_approximate_recall_at_10_on_100k_random_vectors(kind, params):
     ex = [exact_ids[r, :3] for r in range(len(q))]
     ids2, _ = approx.search(q, 10, exclude=ex)
     assert all(not set(e) & set(r) for e, r in zip(ex, ids2, strict=True))
+
+
+# -- large-catalogue paths: quantisers, memory, saving, incremental adds ----------------------------------
+def _clustered(n=20_000, d=32, n_clusters=50, seed=0):
+    """Vectors around ``n_clusters`` centres (like text embeddings, unlike uniform noise), and queries
+    drawn the same way."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, d)).astype(np.float32)
+    x = centres[rng.integers(0, n_clusters, n)] + 0.4 * rng.standard_normal((n, d)).astype(np.float32)
+    q = centres[rng.integers(0, n_clusters, 100)] + 0.4 * rng.standard_normal((100, d)).astype(np.float32)
+    return x, q
+
+
+@pytest.mark.parametrize("kind,params,floor", [
+    ("hnsw", {"hnsw_m": 16, "ef_search": 64}, 0.95),
+    ("hnsw", {"hnsw_m": 16, "ef_search": 64, "quantizer": "sq8"}, 0.9),
+    ("ivf", {"nprobe": 16}, 0.95),
+    ("ivf", {"nprobe": 16, "quantizer": "sq8"}, 0.9),
+    ("ivf", {"nprobe": 16, "quantizer": "pq", "pq_m": 8}, 0.5)])
+def test_approximate_recall_on_clustered_vectors(kind, params, floor):
+    x, q = _clustered(5_000 if params.get("quantizer") == "pq" else 20_000)  # PQ training takes longer
+    exact_ids, _ = index.make("exact").add(x).search(q, 10)
+    ids, _ = index.make(kind, **params).add(x).search(q, 10)
+    assert index.recall_at_k(ids, exact_ids) >= floor
+
+
+def test_exact_batched_by_memory_equals_one_batch():
+    x, q = _clustered(5_000, 16)
+    small = index.ExactIndex(memory_mb=0.5).add(x)  # 0.5 MB / (16 B x 5,000 items): 6 queries a batch
+    assert small.batch_size == 6
+    one = index.ExactIndex(batch_size=len(q)).add(x)
+    ex = [np.arange(r, r + 5) for r in range(len(q))]
+    for a, b in zip(small.search(q, 10, exclude=ex), one.search(q, 10, exclude=ex), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # a budget, not a count: 1M items give a batch that fits the same 512 MB
+    big = index.ExactIndex()
+    big.n = 1_000_000
+    assert big.batch_size * 16 * big.n <= 512 * 2 ** 20
+
+
+def test_index_that_does_not_fit_is_refused_before_the_build(monkeypatch):
+    x, _ = _clustered(2_000, 64)
+    ix = index.make("hnsw", memory_limit_mb=0.5)
+    with pytest.raises(index.MemoryLimitError, match=r"hnsw index over 2,000 vectors of 64 dimensions needs "
+                                                     r"about 1 MB, more than the 0 MB allowed.*quantizer='sq8'"):
+        ix.add(x)
+    assert ix.index is None and len(ix) == 0  # nothing was built
+    index.make("ivf", memory_limit_mb=0.5, quantizer="sq8").add(x)  # 72 B a vector: fits
+    monkeypatch.setattr(index, "available_memory_bytes", lambda: 100_000)
+    with pytest.raises(index.MemoryLimitError, match="exact index over 2,000 vectors.*available"):
+        index.make("exact").add(x)
+    assert index.estimate_bytes("hnsw", 1_000_000, 384) / 2 ** 20 == pytest.approx(1732, rel=0.01)
+
+
+@pytest.mark.parametrize("kind,params", [("exact", {}), ("hnsw", {"hnsw_m": 8}), ("ivf", {"quantizer": "sq8"}),
+                                         ("ivf", {"metric": "euclidean"})])
+def test_save_load_round_trip_and_add_after(tmp_path, kind, params):
+    x, q = _clustered(3_000, 16)
+    ix = index.make(kind, **params).add(x[:2_000])
+    path = ix.save(tmp_path / "items.index")
+    back = index.load(path)
+    assert (back.kind, back.metric, len(back)) == (ix.kind, ix.metric, 2_000)
+    for a, b in zip(ix.search(q, 10), back.search(q, 10), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # incremental: the rest added to the loaded index, found as well as by a fresh exact index
+    back.add(x[2_000:])
+    assert len(back) == 3_000
+    exact_ids, _ = index.make("exact", params.get("metric", "cosine")).add(x).search(q, 10)
+    assert index.recall_at_k(back.search(q, 10)[0], exact_ids) >= (1.0 if kind == "exact" else 0.9)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_load_refuses_what_is_not_an_index(tmp_path):
+    with pytest.raises(LLMRecError, match="no saved index here"):
+        index.load(tmp_path / "missing.index")
+    (tmp_path / "x.index").write_bytes(b"0")
+    (tmp_path / "x.index.json").write_text("{not json")
+    with pytest.raises(LLMRecError, match="not an index description"):
+        index.load(tmp_path / "x.index")

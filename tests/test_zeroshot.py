@@ -34,6 +34,18 @@ def test_template_drops_parts_with_missing_fields():
     assert text.render({"title": "X"}, "{title} by {author}") == "X by"
 
 
+def test_template_reads_author_and_publisher_and_leaves_movielens_text_alone():
+    t = text.DEFAULT_TEMPLATE
+    assert text.render({"title": "Clara Callan", "year": 2001, "author": "Richard Bruce Wright",
+                        "publisher": "HarperFlamingo Canada"}, t) == \
+        "Clara Callan (2001). By Richard Bruce Wright. HarperFlamingo Canada"
+    assert text.render({"title": "Dune", "author": "Frank Herbert"}, t) == "Dune. By Frank Herbert"
+    # a film (no author, no publisher): the text the MovieLens figures were measured on, byte for byte
+    old = "{title}[ ({year})][. Genres: {genres}][. {description}][. Tags: {tags}]"
+    film = {"title": "Toy Story", "year": 1995, "genres": "Animation, Children's, Comedy"}
+    assert text.render(film, t) == text.render(film, old) == "Toy Story (1995). Genres: Animation, Children's, Comedy"
+
+
 def test_catalogue_with_no_text_column_is_a_clear_error():
     cat = Catalog.from_frame(pd.DataFrame({"item_id": ["a", "b"], "price": [1, 2]}))
     with pytest.raises(DataError, match="no text column.*'price'"):
@@ -229,3 +241,25 @@ def test_cli_tags_command(catalog_file, tmp_path, capsys):
     frame = pd.read_csv(out)
     assert len(frame) == 4 and frame.tags.notna().all()
     assert cli.main(["encoders"]) == 0 and "minilm-onnx" in capsys.readouterr().out
+
+
+def test_auto_encoder_chosen_once_and_saved_with_index(topics, tmp_path, monkeypatch):
+    """``encoder=auto`` picks by catalogue size at fit and the checkpoint keeps that choice (queries must
+    use the catalogue's encoder); an approximate index is saved beside it and loaded, not rebuilt."""
+    monkeypatch.setattr(encoders, "auto", lambda n: "test-bow" if n == len(topics.catalog) else "nope")
+    m = models.get("zero-shot", cache=False, index="ivf").fit(topics, progress=False)
+    assert m.encoder_name == "test-bow" and m.benchmark_extra()["encoder"] == "test-bow"
+    users = list(topics.users.ids()[:5])
+    before = m.recommend(users=users, k=5)
+    m.save(tmp_path / "zs")
+    assert (tmp_path / "zs" / "encoder.txt").read_text().strip() == "test-bow"
+    assert (tmp_path / "zs" / "items.index").exists()
+    built = []
+    monkeypatch.setattr(models.zeroshot.vindex, "make", lambda *a, **k: built.append(a) or None)
+    back = models.load_model(tmp_path / "zs")
+    assert built == [] and back.encoder_name == "test-bow" and len(back.index) == len(topics.catalog)
+    np.testing.assert_array_equal(back.recommend(users=users, k=5).item_ids, before.item_ids)
+    monkeypatch.undo()
+    exact = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
+    with pytest.raises(LLMRecError, match="an index of kind ivf over 200 cosine vectors, but this model"):
+        exact.load_index(tmp_path / "zs" / "items.index")

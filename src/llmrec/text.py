@@ -3,7 +3,11 @@
 A template is a string with ``{field}`` placeholders; a part in square brackets is kept only when every
 field inside it has a value, so one template serves catalogues with and without years, genres or tags:
 
-    DEFAULT_TEMPLATE = "{title}[ ({year})][. Genres: {genres}][. {description}][. Tags: {tags}]"
+    DEFAULT_TEMPLATE = "{title}[ ({year})][. By {author}][. {publisher}][. Genres: {genres}][. {description}]"
+                       "[. Tags: {tags}]"
+
+so Book-Crossing's books read "Title (2001). By Author. Publisher" and MovieLens films, which have no author
+or publisher column, keep their text byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import numpy as np
 from .data import Catalog
 from .errors import DataError, LLMRecError
 
-DEFAULT_TEMPLATE = "{title}[ ({year})][. Genres: {genres}][. {description}][. Tags: {tags}]"
+DEFAULT_TEMPLATE = ("{title}[ ({year})][. By {author}][. {publisher}][. Genres: {genres}][. {description}]"
+                    "[. Tags: {tags}]")
 _FIELD = re.compile(r"\{(\w+)\}")
 _OPTIONAL = re.compile(r"\[([^\[\]]*)\]")
 

@@ -1,0 +1,187 @@
+"""Vector indexes at catalogue scale: build seconds, memory, recall@10 against the exact index and query
+latency, on real text embeddings and on synthetic vectors. Writes benchmarks/results/index.json.
+
+    OMP_NUM_THREADS=1 python benchmarks/index.py                 # real + synthetic 10k, 100k, 1M
+    OMP_NUM_THREADS=1 python benchmarks/index.py --sizes 10000 100000 --skip-real
+
+Real: every Book-Crossing item text (title, year, author, publisher) encoded with the large-catalogue
+encoder (``encoders.auto``), streamed into ``cache_dir()/bench/book-crossing.<encoder>.npy`` (not in git;
+a rerun reads it back). Queries: ``--queries`` pooled users, each the normalised mean of two random items'
+vectors (what a zero-shot user vector is). Synthetic: 384-d vectors around 1,000 Gaussian centres.
+Recall@10 is the share of the exact top 10 found; latency p50/p99 is per single query, timed one by one.
+Memory: the index's size (its FAISS file, or the exact index's array), the growth of this process's
+resident memory over the build, and its peak RSS (which includes the vectors and the exact index).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llmrec import __version__, encoders, index
+
+RESULTS = Path(__file__).parent / "results"
+HNSW_EF = (64, 128, 256, 512, 1024)
+NPROBE = (8, 16, 32, 64, 128, 256)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def real_embeddings(encoder: str) -> np.ndarray:
+    """Book-Crossing's item texts encoded with ``encoder``, memory-mapped from the data cache."""
+    from llmrec import datasets
+    from llmrec.text import item_texts
+    path = datasets.cache_dir() / "bench" / f"book-crossing.{encoder}.npy"
+    if not path.exists():
+        texts = item_texts(datasets.load("book-crossing").catalog)
+        enc = encoders.cached(encoder)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), enc.dim))
+        enc.encode(texts, out=out, progress=True)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def synthetic(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, d)).astype(np.float32)
+    x = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):
+        m = min(100_000, n - s)
+        x[s:s + m] = centres[rng.integers(0, 1000, m)] + 0.5 * rng.standard_normal((m, d)).astype(np.float32)
+    return encoders.l2_normalize_(x)
+
+
+def pooled_queries(x: np.ndarray, n: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    pairs = rng.integers(0, len(x), (n, 2))
+    return encoders.l2_normalize(x[pairs[:, 0]] + x[pairs[:, 1]])
+
+
+def latency_ms(ix: index.Index, q: np.ndarray, n: int = 200) -> tuple[float, float]:
+    times = []
+    for row in q[:n]:
+        t0 = time.perf_counter()
+        ix.search(row[None], 10)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def index_mb(ix: index.Index) -> float:
+    """The index's size: its array (exact) or its FAISS file, written to a temporary file (serialising
+    it in memory would double a 1M-vector index in this process's peak)."""
+    if isinstance(ix, index.ExactIndex):
+        return ix.vectors.nbytes / 2 ** 20
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        return ix.save(Path(tmp) / "ix").stat().st_size / 2 ** 20
+
+
+def measure(name: str, x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray, kind: str, build: dict,
+            sweep: tuple[str, tuple[int, ...]] | None) -> list[dict]:
+    """Build once with ``build`` params, then search at each value of the swept search parameter."""
+    gc.collect()
+    rss0, t0 = rss_mb(), time.perf_counter()
+    ix = index.make(kind, **build).add(x)
+    build_s, rss_growth = time.perf_counter() - t0, rss_mb() - rss0
+    rows = []
+    for value in (sweep[1] if sweep else (None,)):
+        if sweep:
+            ix.tune(**{sweep[0]: value})
+        ids, _ = ix.search(q, 10)
+        p50, p99 = latency_ms(ix, q)
+        row = {"set": name, "n": len(x), "kind": kind, **build, **({sweep[0]: value} if sweep else {}),
+               "factory": ix.factory_string(len(x), x.shape[1]) if kind != "exact" else "exact",
+               "build_seconds": round(build_s, 1), "index_mb": round(index_mb(ix), 1),
+               "rss_growth_during_build_mb": round(rss_growth),
+               "estimate_mb": round(index.estimate_bytes(
+                   kind, len(x), x.shape[1], build.get("hnsw_m", 32), build.get("quantizer", "flat"),
+                   nlist=ix.nlist_for(len(x)) if kind == "ivf" else 1) / 2 ** 20, 1),
+               "recall_at_10": round(index.recall_at_k(ids, exact_ids), 4),
+               "query_ms_p50": round(p50, 3), "query_ms_p99": round(p99, 3),
+               "peak_rss_mb": round(peak_rss_mb()), "load_average_1min": round(os.getloadavg()[0], 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    del ix
+    return rows
+
+
+def run_set(name: str, x: np.ndarray, n_queries: int, full_sweep: bool, hnsw: bool = True) -> list[dict]:
+    x = np.ascontiguousarray(x, np.float32)
+    q = pooled_queries(x, n_queries)
+    t0 = time.perf_counter()
+    exact = index.make("exact").add(x)
+    exact_ids, _ = exact.search(q, 10)
+    p50, p99 = latency_ms(exact, q, 50)
+    rows = [{"set": name, "n": len(x), "kind": "exact", "factory": "exact",
+             "build_seconds": 0.0, "index_mb": round(index_mb(exact), 1),
+             "exact_search_seconds_all_queries": round(time.perf_counter() - t0, 1),
+             "exact_batch_queries": exact.batch_size, "recall_at_10": 1.0,
+             "query_ms_p50": round(p50, 3), "query_ms_p99": round(p99, 3), "peak_rss_mb": round(peak_rss_mb()),
+             "load_average_1min": round(os.getloadavg()[0], 1)}]
+    print(json.dumps(rows[0]), flush=True)
+    del exact
+    ef = HNSW_EF if full_sweep else (128, 256)
+    npr = NPROBE if full_sweep else (16, 32)
+    if hnsw:
+        rows += measure(name, x, q, exact_ids, "hnsw", {"hnsw_m": 32, "ef_construction": 80},
+                        ("ef_search", ef))
+    rows += measure(name, x, q, exact_ids, "ivf", {"quantizer": "flat"}, ("nprobe", npr))
+    rows += measure(name, x, q, exact_ids, "ivf", {"quantizer": "sq8"}, ("nprobe", npr))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    p.add_argument("--skip-real", action="store_true")
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--encoder", default=encoders.auto(10 ** 6))
+    p.add_argument("--hnsw-max", type=int, default=10 ** 7,
+                   help="synthetic sets above this size skip HNSW (its single-thread build is the slow part)")
+    p.add_argument("--out", type=Path, default=RESULTS / "index.json")
+    args = p.parse_args(argv)
+    rows: list[dict] = []
+    if not args.skip_real:
+        rows += run_set(f"book-crossing {args.encoder}", real_embeddings(args.encoder), args.queries, True)
+    for n in args.sizes:
+        rows += run_set(f"synthetic-{n}", synthetic(n), args.queries, False, hnsw=n <= args.hnsw_max)
+    out = {"what": "vector indexes: build seconds, index MB, recall@10 against exact, per-query latency",
+           "queries": f"{args.queries} pooled users (normalised mean of two random items' vectors); "
+                      "latency over the first 200 (exact: 50), one query a call",
+           "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count(), "results": rows,
+           "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+           "date": dt.date.today().isoformat(), "llmrec_version": __version__,
+           "load_average_1min_at_end": round(os.getloadavg()[0], 1),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cpus (shared), python {platform.python_version()}"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    tmp.replace(args.out)
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
