@@ -129,6 +129,34 @@ def test_approximate_index_agrees_with_exact(topics):
                for r, u in enumerate(users))
 
 
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_items_added_to_an_approximate_index_without_a_rebuild(topics, tmp_path, kind):
+    """A PUT at a million items must not rebuild the index: new items are added to it, an updated item is
+    scored exactly beside it; answers equal the exact index's, also after a save and load."""
+    exact = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
+    ann = models.get("zero-shot", encoder="test-bow", cache=False, index=kind).fit(topics, progress=False)
+    built = ann.index
+    new = [{"item_id": f"n{j}", "title": t} for j, t in enumerate(["red planet colony", "bread and soup"])]
+    changed = [{"item_id": topics.catalog.ids.id(3), "title": "red planet colony ships"},
+               {"item_id": topics.catalog.ids.id(7), "title": "soup of the day"}]
+    for m in (exact, ann):
+        m.add_items(new)
+        m.add_items(changed)
+    assert ann.index is built and len(ann.index) == len(topics.catalog) + 2, "the index was rebuilt"
+    users = list(topics.users.ids()[:10])
+    queries = ["red planet colony", "soup", "a quiet garden"]
+
+    def same(a, b):
+        for x, y in ((a.recommend(users=users, k=8), b.recommend(users=users, k=8)),
+                     (a.recommend_text(queries, k=8), b.recommend_text(queries, k=8))):
+            np.testing.assert_allclose(x.scores, y.scores, atol=1e-5)
+    same(exact, ann)
+    top = ann.recommend_text(["red planet colony ships"], k=2).item_ids[0]
+    assert topics.catalog.ids.id(3) in top and "n0" in top
+    ann.save(tmp_path / "ck")
+    same(exact, models.load_model(tmp_path / "ck"))
+
+
 def test_bad_config_values():
     with pytest.raises(LLMRecError, match="recency"):
         models.get("zero-shot", recency=0.0)

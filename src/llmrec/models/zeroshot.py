@@ -152,11 +152,14 @@ class ZeroShot(Recommender):
             self.item_vectors = encoders.l2_normalize_(v) if self.config.metric == "cosine" else v
         if build_index:
             self.index = vindex.make(self.config.index, self.config.metric).add(self.item_vectors)
+            self._stale = np.zeros(0, np.int64)
         self._tags = None
 
     def add_items(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
         """Add or update items by their text alone; they are recommendable at once. Returns their indices.
-        Only these items are encoded."""
+        Only these items are encoded. An approximate index is not rebuilt (minutes at a million items): new
+        items are added to it, and an updated item's old entry is marked stale, left out of its answers,
+        and the item scored exactly beside them until the next fit or load rebuilds the index."""
         self._check_fitted()
         rows = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
         catalog, idx = self.catalog.upsert(rows)
@@ -164,11 +167,18 @@ class ZeroShot(Recommender):
                            self.config.template)
         vecs = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
                                    batch_size=self.config.batch_size, progress=False)
-        raw = np.concatenate([self.raw_vectors, np.zeros((len(catalog) - len(self.raw_vectors),
-                                                          self.raw_vectors.shape[1]), np.float32)])
+        old_n = len(self.raw_vectors)
+        raw = np.concatenate([self.raw_vectors, np.zeros((len(catalog) - old_n, self.raw_vectors.shape[1]),
+                                                         np.float32)])
         raw[idx] = vecs
         self.catalog = catalog
-        self._set_vectors(raw)
+        exact = self.config.index == "exact"
+        self._set_vectors(raw, build_index=exact)
+        if not exact:
+            new = np.sort(idx[idx >= old_n])
+            if len(new):
+                self.index.add(self.item_vectors[new])  # entries old_n, old_n + 1, ... in item order
+            self._stale = np.union1d(self._stale, idx[idx < old_n])
         return idx
 
     # -- users as vectors -----------------------------------------------------------------------------
@@ -243,7 +253,11 @@ class ZeroShot(Recommender):
         if exclude_rows is not None:
             excl = [np.concatenate([e, np.asarray(r, np.int64)]) for e, r in zip(excl, exclude_rows)]
         if self.config.index != "exact" and candidates is None:
-            ids, top = self.index.search(vecs, k, exclude=excl)
+            stale = self._stale
+            ids, top = self.index.search(vecs, k, exclude=[np.concatenate([e, stale]) for e in excl]
+                                         if len(stale) else excl)
+            if len(stale):  # items updated since the index was built: scored exactly, merged in
+                ids, top = self._merge_exact(vecs, stale, excl, ids, top, k)
         else:
             scores = self._scores(vecs)
             for b, e in enumerate(excl):
@@ -264,6 +278,17 @@ class ZeroShot(Recommender):
             expl = [self._explain(hist[b], ids[b][ids[b] >= 0], profiles[b] if profiles else None)
                     + [{}] * int((ids[b] < 0).sum()) for b in range(len(hist))]
         return Recommendations(ext, top.astype(np.float32), expl)
+
+    def _merge_exact(self, vecs, items, excl, ids, top, k):
+        """The top k of an index answer (ids, top) and the exact scores of ``items``, per query."""
+        s = vindex.similarity(vecs, self.item_vectors[items], self.config.metric)
+        for b, e in enumerate(excl):
+            s[b, np.isin(items, e)] = -np.inf
+        all_ids = np.concatenate([ids, np.broadcast_to(items, s.shape)], axis=1)
+        all_top = np.concatenate([top, s], axis=1)
+        order = np.argsort(-all_top, axis=1, kind="stable")[:, :k]
+        top = np.take_along_axis(all_top, order, 1).astype(np.float32)
+        return np.where(np.isfinite(top), np.take_along_axis(all_ids, order, 1), -1), top
 
     # -- explanations -------------------------------------------------------------------------------
     @property
@@ -308,7 +333,8 @@ class ZeroShot(Recommender):
 
     # -- checkpoints and reports ------------------------------------------------------------------------
     def _state(self):
-        return {"raw_vectors": self.raw_vectors, "mean": self.mean.astype(np.float32)}
+        return {"raw_vectors": self.raw_vectors, "mean": self.mean.astype(np.float32),
+                "stale_index_entries": self._stale.astype(np.int64)}
 
     def _save_extra(self, folder: Path) -> None:
         """The encoder ``auto`` chose (queries must use the catalogue's encoder) and, for an approximate
@@ -328,6 +354,7 @@ class ZeroShot(Recommender):
         self._set_vectors(state["raw_vectors"], build_index=not saved.exists())
         if saved.exists():
             self.load_index(saved)
+            self._stale = np.asarray(state.get("stale_index_entries", np.zeros(0)), np.int64)
 
     # -- hooks for a service that starts from saved vectors and a saved index ---------------------------
     def save_index(self, path: str | Path) -> Path:
