@@ -91,3 +91,24 @@ def test_model_scores_with_the_blocked_similarities(tiny, tiny_split):
 def test_negative_neighbors_is_refused():
     with pytest.raises(ConfigError, match="neighbors"):
         models.get("itemknn", neighbors=-1)
+
+
+def test_large_catalogue_recommend_equals_the_dense_ranking(monkeypatch):
+    """Above DENSE_MAX_ITEMS, recommend ranks only the items the neighbour lists reach (the rest fill in at
+    score 0, lowest index first): the same answer as ranking a dense row of every item."""
+    import pandas as pd
+
+    from llmrec import synthetic
+    from llmrec.models import itemknn
+    ds = synthetic.make(n_users=80, n_items=300, seed=3)
+    m = models.get("itemknn", neighbors=5).fit(ds, progress=False)
+    m.catalog, _ = m.catalog.upsert(pd.DataFrame({"item_id": ["late"], "title": ["added after the fit"]}))
+    monkeypatch.setattr(itemknn, "DENSE_MAX_ITEMS", 10)
+    hists = [ds.catalog.ids.ids(h) for h in ds.histories()[:20]] + [[], [ds.catalog.ids.id(0)]]
+    everything = np.ones(len(m.catalog), bool)  # a candidate mask takes the dense path
+    for k in (5, 50, 301):
+        fast = m.recommend(histories=hists, k=k, exclude=[ds.catalog.ids.id(1)])
+        dense = m.recommend(histories=hists, k=k, exclude=[ds.catalog.ids.id(1)], candidates=everything)
+        assert (fast.item_ids == dense.item_ids).all(), k
+        np.testing.assert_allclose(fast.scores, dense.scores, rtol=1e-6)
+    assert m._search([np.array([0])], 3, [np.zeros(0, np.int64)]) is not None

@@ -63,6 +63,35 @@ class ItemKNN(Recommender):
             scores = np.pad(scores, ((0, 0), (0, total - n)))
         return scores
 
+    def _search(self, hist, k, banned):
+        """Exact top-k without a dense row of every item: only the items the history's neighbour lists
+        reach can score above 0; the rest score 0 and, as in the dense ranking, fill any remaining places
+        lowest index first. Used above ``DENSE_MAX_ITEMS`` items, where the dense row and its top-k cost
+        more than the sparse product."""
+        total = len(self.catalog)
+        if total <= DENSE_MAX_ITEMS:
+            return None
+        n = self.sim.shape[0]
+        rows = np.repeat(np.arange(len(hist)), [len(h) for h in hist])
+        cols = np.concatenate(hist) if hist else np.zeros(0, np.int64)
+        keep = cols < n
+        h = sp.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], cols[keep])), shape=(len(hist), n))
+        s = (h @ self.sim).tocsr()
+        ids = np.full((len(hist), k), -1, np.int64)
+        top = np.full((len(hist), k), -np.inf, np.float32)
+        for r in range(len(hist)):
+            c, v = s.indices[s.indptr[r]:s.indptr[r + 1]], s.data[s.indptr[r]:s.indptr[r + 1]]
+            ok = (v > 0) & ~np.isin(c, banned[r])
+            c, v = c[ok], v[ok]
+            order = np.lexsort((c, -v))[:k]  # score down, then index up: the dense top-k's tie rule
+            m = len(order)
+            ids[r, :m], top[r, :m] = c[order], v[order]
+            if m < k:
+                taken = np.union1d(np.asarray(banned[r], np.int64), c)
+                fill = np.setdiff1d(np.arange(min(total, k + len(taken))), taken)[:k - m]
+                ids[r, m:m + len(fill)], top[r, m:m + len(fill)] = fill, 0.0
+        return ids, top
+
     def explain_items(self, history, items) -> list[dict]:
         out = []
         for i in items:
