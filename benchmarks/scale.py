@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     p.add_argument("--sasrec-epochs", type=int, default=1)
     p.add_argument("--sasrec-minutes", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows of --out that this run does not measure again (a partial re-run)")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "ITEMS"), help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -202,12 +204,19 @@ def main(argv=None) -> int:
                 print(f"{m:>9} {n:>9,} items: fit {r['fit_seconds']:8.1f} s  eval "
                       f"{r['eval_seconds_per_user'] * 1e3:7.2f} ms/user  peak {r['peak_memory_mb']:7.0f} MB  "
                       f"query p99 {r['query_p99_ms']:7.2f} ms{enc}", flush=True)
+    commands = ["python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])]
+    if args.update and args.out.exists():
+        old = json.loads(args.out.read_text())
+        done = {(r["model"], r["dataset"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["model"], r["dataset"]) not in done] + rows
+        rows.sort(key=lambda r: (r["items"], MODELS.index(r["model"])))
+        commands = old.get("commands", [old.get("command")]) + commands
     out = {"benchmark": "scale", "rows": rows, "failures": failures, "growth_exponents": growth(rows),
            "protocol": ("synthetic-U-I-0-E with U = max(2000, I/2) users and E = 10 I events; leave-one-out; "
                         f"evaluation: full ranking over every item for {args.eval_users} test users (seed 0); "
                         f"query latency: {args.queries} single recommend calls after 20 warm-up calls; "
                         "each (model, size) in its own process"),
-           "command": "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "commands": commands,
            "date": dt.date.today().isoformat(), "loadavg_before": [round(x, 2) for x in load0],
            "cpus": os.cpu_count(), "machine": f"{platform.machine()}, python {platform.python_version()}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
