@@ -53,7 +53,7 @@ def one(model_name: str, n_items: int, args) -> dict:
         config = {"threads": 1, "epochs": args.sasrec_epochs, "max_minutes": args.sasrec_minutes,
                   "eval_users": 1000, "patience": 100}
     elif model_name == "zero-shot":
-        config = {"index": args.zeroshot_index}
+        config = {"index": args.zeroshot_index, "encoder": args.zeroshot_encoder}
     model = models.get(model_name, config)
     t0 = time.perf_counter()
     model.fit(ds, sp, progress=False)
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-users", type=int, default=1000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--zeroshot-index", default="hnsw")
+    p.add_argument("--zeroshot-encoder", default="auto", help="auto picks by catalogue size (encoders.auto)")
     p.add_argument("--sasrec-epochs", type=int, default=1)
     p.add_argument("--sasrec-minutes", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
@@ -187,7 +188,8 @@ def main(argv=None) -> int:
                 result = Path(tmp) / "r.json"
                 cmd = [sys.executable, __file__, "--one", m, str(n), "--result", str(result),
                        "--eval-users", str(args.eval_users), "--queries", str(args.queries),
-                       "--zeroshot-index", args.zeroshot_index, "--sasrec-epochs", str(args.sasrec_epochs),
+                       "--zeroshot-index", args.zeroshot_index, "--zeroshot-encoder", args.zeroshot_encoder,
+                       "--sasrec-epochs", str(args.sasrec_epochs),
                        "--sasrec-minutes", str(args.sasrec_minutes)]
                 t0 = time.perf_counter()
                 proc = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True)
