@@ -36,6 +36,7 @@ class ItemKNNConfig:
 class ItemKNN(Recommender):
     name = "itemknn"
     Config = ItemKNNConfig
+    fresh_scores = True  # every call builds its scores anew (a dense sparse product or a row sum)
 
     def _fit(self, data, train, split, progress) -> None:
         x = sp.csr_matrix((np.ones(len(train), dtype=np.float32), (train.user, train.item)),
