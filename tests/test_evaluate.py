@@ -28,7 +28,8 @@ def test_block_wise_equals_one_shot(name, stage, tiny, tiny_split):
 def test_block_users_follows_the_budget():
     assert evaluate.block_users(1000, memory_mb=1.0) == 2**20 // 4000
     assert evaluate.block_users(10**7, memory_mb=1.0) == 1  # never zero
-    assert evaluate.block_users(341_765) == 196  # Book-Crossing at the default 256 MB
+    assert evaluate.block_users(341_765) == 12  # Book-Crossing at the default 16 MB
+    assert evaluate.block_users(341_765, memory_mb=256) == 196
 
 
 @pytest.mark.parametrize("n", [40, 3001])  # 3001 columns: the strided bound is used for k <= 11

@@ -46,7 +46,10 @@ def candidate_mask(split: Split, n_items: int) -> np.ndarray:
     return mask
 
 
-MEMORY_MB = 256.0  # float32 scores per block of users x items
+# float32 scores per block of users x items. Blocks under the C allocator's mmap threshold (32 MiB at
+# most) reuse the same memory instead of fresh pages for every block: on Book-Crossing 16 MB blocks
+# evaluate 6,000 users in 4.3 s against 6.9-9.0 s with 256 MB (load 2.7-3.3)
+MEMORY_MB = 16.0
 
 
 def block_users(n_items: int, memory_mb: float = MEMORY_MB) -> int:
