@@ -93,7 +93,10 @@ def run_in_subprocess(library: str, dataset: str, neighbors: int) -> dict:
                          check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["process_wall_seconds"] = round(time.perf_counter() - t0, 2)
-    r["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+    load_after = os.getloadavg()
+    r["load_average_before_after"] = [round(load_before[0], 2), round(load_after[0], 2)]
+    r["load_average_1_5_15_before"] = [round(v, 2) for v in load_before]
+    r["load_average_1_5_15_after"] = [round(v, 2) for v in load_after]
     return r
 
 
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmrec.models.itemknn import ItemKNNConfig
     n = ItemKNNConfig().neighbors if args.neighbors is None else args.neighbors
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])
-    runs = []
+    runs, load_start = [], os.getloadavg()
     for ds in args.dataset:
         for lib in args.libraries:
             r = run_in_subprocess(lib, ds, n)
@@ -142,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
            "how": __doc__.strip().split("\n\n")[0].replace("\n", " "),
            "llmrec_version": __version__, "implicit_version": implicit.__version__,
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}",
+           "load_average_1_5_15_start_end": [[round(v, 2) for v in load_start],
+                                             [round(v, 2) for v in os.getloadavg()]],
            "runs": runs, "llmrec_minus_other": comparison}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import shlex
@@ -43,6 +44,7 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
     users = sample_users(sp, sample, sample_seed)
     if checkpoint_dir is not None and getattr(model, "supports_resume", False):
         model.checkpoint_dir = checkpoint_dir / f"{ds.name}__{tag or model_name}"
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     model.fit(ds, sp)
     fit_s = time.perf_counter() - t0
@@ -57,6 +59,8 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         "config": json.loads(json.dumps(model.config.__dict__, default=str)),
         "fit_seconds": round(fit_s, 2), "eval_seconds": round(res.seconds, 2),
         "peak_memory_mb": round(peak_memory_mb(), 1),
+        "load_average_1_5_15_before_after": [[round(v, 2) for v in load_before],
+                                             [round(v, 2) for v in os.getloadavg()]],
         "command": command, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }

@@ -1,9 +1,13 @@
 """The evaluator's blocks of users: any block size gives exactly the one-shot figures."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 
 from llmrec import evaluate, metrics, models
+from llmrec.errors import ConfigError
+from llmrec.models.base import Recommender
 
 
 @pytest.mark.parametrize("name", ["popular", "itemknn"])  # popular: ties everywhere; itemknn: sparse scores
@@ -24,7 +28,8 @@ def test_block_wise_equals_one_shot(name, stage, tiny, tiny_split):
 def test_block_users_follows_the_budget():
     assert evaluate.block_users(1000, memory_mb=1.0) == 2**20 // 4000
     assert evaluate.block_users(10**7, memory_mb=1.0) == 1  # never zero
-    assert evaluate.block_users(341_765) == 196  # Book-Crossing at the default 256 MB
+    assert evaluate.block_users(341_765) == 12  # Book-Crossing at the default 16 MB
+    assert evaluate.block_users(341_765, memory_mb=256) == 196
 
 
 @pytest.mark.parametrize("n", [40, 3001])  # 3001 columns: the strided bound is used for k <= 11
@@ -47,3 +52,50 @@ def test_top_k_and_ranks_match_a_stable_sort_with_ties_and_exclusions(n):
     want = np.argmax(order == targets[:, None], axis=1)
     want[np.isneginf(s[np.arange(50), targets])] = -1
     np.testing.assert_array_equal(metrics.target_ranks(s, targets), want)
+
+
+@dataclass(frozen=True)
+class _NoConfig:
+    pass
+
+
+class _HeldScores(Recommender):
+    """Returns a view of a table it keeps (scores it holds): the evaluator must not write into it."""
+    name = "held-scores"
+    Config = _NoConfig
+
+    def _fit(self, data, train, split, progress):
+        self.table = np.random.default_rng(0).random((data.n_users, data.n_items)).astype(np.float32)
+        self.table[:, ::7] = 0.0  # ties
+
+    def score_histories(self, histories):
+        return self.table[:len(histories)]
+
+
+class _FreshScores(_HeldScores):
+    fresh_scores = True
+
+    def score_histories(self, histories):
+        return self.table[:len(histories)].copy()
+
+
+@pytest.mark.parametrize("mb", [1e-6, 1024])
+def test_scores_the_model_holds_are_copied_fresh_ones_overwritten(mb, tiny, tiny_split):
+    held = _HeldScores().fit(tiny, tiny_split, progress=False)
+    before = held.table.copy()
+    a = evaluate.evaluate(held, tiny_split, tiny.n_users, tiny.n_items, memory_mb=mb, progress=False)
+    np.testing.assert_array_equal(held.table, before)  # the exclusions went into a copy
+    fresh = _FreshScores().fit(tiny, tiny_split, progress=False)
+    b = evaluate.evaluate(fresh, tiny_split, tiny.n_users, tiny.n_items, memory_mb=mb, progress=False)
+    assert a.metrics == b.metrics
+    assert models.get("itemknn").fresh_scores and not models.get("popular").fresh_scores
+
+
+def test_k_larger_than_the_catalogue_is_refused(tiny, tiny_split):
+    m = models.get("popular").fit(tiny, tiny_split, progress=False)
+    with pytest.raises(ConfigError, match=f"k={tiny.n_items + 1} is larger than the catalogue"):
+        evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, ks=(10, tiny.n_items + 1),
+                          progress=False)
+    full = evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, ks=(10, tiny.n_items),
+                             progress=False)  # k = the whole catalogue still works
+    assert full.metrics[f"HR@{tiny.n_items}"] >= full.metrics["HR@10"]

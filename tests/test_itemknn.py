@@ -45,14 +45,32 @@ def test_blocked_top_n_equals_dense(k, shrinkage, block):
         assert np.diff(got.indptr).max() <= k
 
 
-@pytest.mark.parametrize("k", [2, 5])
-def test_blocked_top_n_equals_dense_on_long_rows(k):
+@pytest.mark.parametrize("k", [1, 2, 5])
+@pytest.mark.parametrize("shrinkage", [0.0, 0.5])
+def test_blocked_top_n_equals_dense_on_long_rows(k, shrinkage):
     """Rows of 8k+ co-occurring items are first cut by a lower bound on their k-th value: still exact."""
     x = random_binary(300, 200, 0.05, seed=k)
     x[:3] = 1.0  # three users who touched everything: every row long, many ties
     for block in (50, 1 << 30):
-        got = cosine_top_n(sp.csr_matrix(x), k, 0.5, block_products=block)
-        want = dense_reference(x, k, 0.5)
+        got = cosine_top_n(sp.csr_matrix(x), k, shrinkage, block_products=block)
+        want = dense_reference(x, k, shrinkage)
+        np.testing.assert_array_equal(got.toarray() != 0, want != 0)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+@pytest.mark.parametrize("shrinkage", [0.0, 2.5])
+def test_items_with_one_user_share_that_users_row(k, shrinkage):
+    """Items that one user alone has take that user's top k + 1 less themselves: exact, ties included."""
+    x = random_binary(30, 120, 0.03, seed=k)
+    x[0, :60] = 1.0  # a heavy user: many of these items are hers alone, all tied
+    x[1, 100:104] = 1.0
+    x[1, 5] = 1.0
+    x[2, 110] = 1.0  # a user whose only item is hers alone
+    assert (x.sum(axis=0) == 1).sum() > 20
+    for block in (1, 1 << 30):
+        got = cosine_top_n(sp.csr_matrix(x), k, shrinkage, block_products=block)
+        want = dense_reference(x, k, shrinkage)
         np.testing.assert_array_equal(got.toarray() != 0, want != 0)
         np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
 

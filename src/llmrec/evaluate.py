@@ -14,6 +14,8 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Interactions
+from .errors import ConfigError
+from .models.base import Recommender
 from .split import Split
 
 
@@ -44,7 +46,10 @@ def candidate_mask(split: Split, n_items: int) -> np.ndarray:
     return mask
 
 
-MEMORY_MB = 256.0  # float32 scores per block of users x items
+# float32 scores per block of users x items. Blocks under the C allocator's mmap threshold (32 MiB at
+# most) reuse the same memory instead of fresh pages for every block: on Book-Crossing 16 MB blocks
+# evaluate 6,000 users in 4.3 s against 6.9-9.0 s with 256 MB (load 2.7-3.3)
+MEMORY_MB = 16.0
 
 
 def block_users(n_items: int, memory_mb: float = MEMORY_MB) -> int:
@@ -57,6 +62,10 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
              stage: str = "test", memory_mb: float = MEMORY_MB, users: np.ndarray | None = None,
              progress: bool = True, candidates: np.ndarray | None = None) -> Result:
     """Evaluate ``model`` (anything with ``score_histories(list[int64 array]) -> float32 [b, n_items]``).
+
+    The history and non-candidates are set to -inf in each block's scores: in place when the model is
+    a Recommender declaring ``fresh_scores``, else in a copy (one buffer reused across blocks).
+    Every k in ``ks`` must be at most ``n_items`` (ConfigError).
 
     stage: "test" (history = everything before the test target) or "valid" (history = train).
     memory_mb: float32 scores per block of users (the block size; the figures do not depend on it).
@@ -71,6 +80,9 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
     if users is not None:
         keep = np.isin(eval_users, users)
         eval_users, targets = eval_users[keep], targets[keep]
+    if max(ks) > n_items:
+        raise ConfigError(f"evaluate: k={max(ks)} is larger than the catalogue ({n_items:,} items); "
+                          f"choose k <= {n_items:,}")
     hist = _histories(context, n_users)
     cand = candidate_mask(split, n_items) if candidates is None else candidates
     max_k = max(ks)
@@ -78,13 +90,20 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
     excluded = np.flatnonzero(~cand)
     ranks = np.empty(len(eval_users), dtype=np.int64)
     tops = np.empty((len(eval_users), max_k), dtype=np.int64)
+    fresh = isinstance(model, Recommender) and model.fresh_scores
+    buffer = None
     t0 = time.perf_counter()
     bar = tqdm(total=len(eval_users), desc=f"evaluate {stage}", unit="user", disable=not progress,
                leave=False)
     for start in range(0, len(eval_users), batch_size):
         bu = eval_users[start:start + batch_size]
         bh = [hist[u] for u in bu]
-        scores = np.asarray(model.score_histories(bh), dtype=np.float32).copy()
+        scores = np.asarray(model.score_histories(bh), dtype=np.float32)
+        if not fresh:  # the model may hold these scores: write into a copy (one buffer reused)
+            if buffer is None or buffer.shape[0] < len(bu) or buffer.shape[1] != scores.shape[1]:
+                buffer = np.empty((len(bu), scores.shape[1]), np.float32)
+            np.copyto(buffer[:len(bu)], scores)
+            scores = buffer[:len(bu)]
         if len(excluded):
             scores[:, excluded] = -np.inf
         rows = np.repeat(np.arange(len(bu)), [len(h) for h in bh])

@@ -85,7 +85,9 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     flat = np.ones(b, bool)
     bound = np.full(b, np.nan, scores.dtype)
     if width >= 4 * k:
-        maxima = scores[:, :width * STRIDES].reshape(b, STRIDES, width).max(axis=1)
+        maxima = scores[:, :width].copy()  # slice by slice: no copy of the whole block
+        for i in range(1, STRIDES):
+            np.maximum(maxima, scores[:, i * width:(i + 1) * width], out=maxima)
         bound = np.partition(maxima, width - k, axis=1)[:, width - k]
         cand = scores >= bound[:, None]
         flat = np.count_nonzero(cand, axis=1) > 4 * k * STRIDES

@@ -56,6 +56,9 @@ class Recommender(ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # score_histories returns a new array that nothing else holds, so the caller (the evaluator) may
+    # overwrite it in place; False (the default): the caller copies it first
+    fresh_scores: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any):
         if config is None or isinstance(config, dict):
