@@ -373,11 +373,14 @@ class SequentialRecommender(Recommender):
         an HNSW index over the item side of the logits (built once, on first use)."""
         if len(self.catalog) <= ANN_ABOVE or any(len(h) == 0 for h in hist):
             return None
-        table = self.item_vectors()
-        users, items = self._logit_sides(self.user_vectors(hist, table), table)
-        if self._ann is None or len(self._ann) != len(items):
+        if self._ann is None or len(self._ann) != len(self.catalog):
             from .. import index
+            table = self.item_vectors()
+            items = self._logit_sides(table[:1], table)[1]
+            self._ann_table = table  # the item table and its index, computed once, not per request
             self._ann = index.make("hnsw", "dot").add(items.float().cpu().numpy())
+        table = self._ann_table
+        users = self._logit_sides(self.user_vectors(hist, table), table[:1])[0]
         return self._ann.search(users.float().cpu().numpy(), k, exclude=banned)
 
     def explain_items(self, history: np.ndarray, items: np.ndarray) -> list[dict]:
