@@ -144,3 +144,22 @@ def start_server(args: list[str], port: int, env: dict | None = None) -> subproc
         proc.kill()
         raise
     return proc
+
+
+def exchange(port: int, chunks: list[bytes], pause: float = 0.0, wait: float = 5.0) -> tuple[bytes, float]:
+    """Send ``chunks`` (pausing between them), read until the server closes; (answer, seconds)."""
+    t0 = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        for c in chunks:
+            try:
+                s.sendall(c)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(pause)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return out, time.perf_counter() - t0

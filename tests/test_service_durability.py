@@ -3,14 +3,13 @@ event whose request returned 2xx is there, none twice. Plus raw-socket garbage a
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter
 
 import httpx
 import pytest
-from servicekit import free_port, start_server, write_files
+from servicekit import exchange, free_port, start_server, write_files
 
 N_CLIENTS = 4
 MIN_ACKED = 150
@@ -102,18 +101,6 @@ def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
         proc.wait(10)
 
 
-def _raw(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-        return out
-
-
 def test_real_server_bad_requests(files, tmp_path):
     """Garbage at the socket level (uvicorn's own 4xx) and the writes-disabled default."""
     port = free_port()
@@ -128,7 +115,7 @@ def test_real_server_bad_requests(files, tmp_path):
             b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\nConnection: close\r\n\r\n{",
         ]
         for data in cases:
-            status = _raw(port, data).split(b"\r\n", 1)[0]
+            status = exchange(port, [data])[0].split(b"\r\n", 1)[0]
             code = int(status.split()[1]) if status.startswith(b"HTTP/1.1") else None
             assert code is None or 400 <= code < 500, (data[:40], status)
         r = httpx.post(f"http://127.0.0.1:{port}/events",

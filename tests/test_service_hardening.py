@@ -4,7 +4,6 @@ test over every endpoint (generated bodies, ids and headers): never a 5xx, healt
 import asyncio
 import hashlib
 import json
-import socket
 import sqlite3
 import threading
 import time
@@ -16,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servicekit import TextKNN, dataset, free_port, wait_healthy
+from servicekit import TextKNN, dataset, exchange, free_port, wait_healthy
 
 from llmrec import cli, models, service
 from llmrec.errors import ConfigError
@@ -421,43 +420,24 @@ def real_server(engine):
         yield port
 
 
-def _exchange(port: int, chunks: list[bytes], pause: float = 0.0, wait: float = 5.0) -> tuple[bytes, float]:
-    """Send ``chunks`` (pausing between them), read until the server closes; (answer, seconds)."""
-    t0 = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
-        for c in chunks:
-            try:
-                s.sendall(c)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            time.sleep(pause)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return out, time.perf_counter() - t0
-
-
 def test_huge_request_head_is_refused(real_server):
     head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: "
-    out, _ = _exchange(real_server, [head] + [b"a" * 65536] * 128 + [b"\r\n\r\n"])  # 8 MB
+    out, _ = exchange(real_server, [head] + [b"a" * 65536] * 128 + [b"\r\n\r\n"])  # 8 MB
     assert out.startswith(b"HTTP/1.1 431"), out[:80]
     assert httpx.get(f"http://127.0.0.1:{real_server}/health").status_code == 200
 
 
 def test_stalled_head_and_body_are_cut_off(real_server):
-    out, s = _exchange(real_server, [b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appli"])
+    out, s = exchange(real_server, [b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appli"])
     assert out.startswith(b"HTTP/1.1 408") and s < 4, (out[:80], s)
     body = b'{"history": ["s1"], "k": 3}'
     head = (b"POST /recommend HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % (len(body) + 100))
-    out, s = _exchange(real_server, [head, body])  # 100 bytes promised that never come
+    out, s = exchange(real_server, [head, body])  # 100 bytes promised that never come
     assert out.startswith(b"HTTP/1.1 408") and s < 4, (out[:80], s)
     assert b"connection: close" in out.lower()
     # a slow but steady client within the limit is served
-    out, _ = _exchange(real_server, [head.replace(b"%d" % (len(body) + 100), b"%d" % len(body)),
+    out, _ = exchange(real_server, [head.replace(b"%d" % (len(body) + 100), b"%d" % len(body)),
                                      body[:10], body[10:]], pause=0.2)
     assert out.startswith(b"HTTP/1.1 200"), out[:200]
 
