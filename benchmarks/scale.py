@@ -66,7 +66,7 @@ def one(model_name: str, n_items: int, args) -> dict:
         out["cache_hits"] = int(model.cache_hits)
         out.update(_index_cost(model.item_vectors, args.zeroshot_index))
     extra = getattr(model, "benchmark_extra", lambda: {})()
-    out.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))})
+    out.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool, dict))})
     users = np.sort(np.random.default_rng(0).choice(sp.test_users, min(args.eval_users, len(sp.test_users)),
                                                     replace=False))
     res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), users=users, progress=False)

@@ -177,7 +177,9 @@ class SeqEncoder(nn.Module):
         """seq int64 [b, T] (0 = pad, item i as i + 1), table float [n_items, d] -> hidden [b, T, d]."""
         b, t = seq.shape
         real = seq > 0
-        emb = F.embedding(seq, torch.cat([table.new_zeros(1, self.d), table]))
+        # item i + 1 looks up row i; padding is zeroed below (no copy of the table with a pad row on top:
+        # at a million items that copy was 150 ms of every request)
+        emb = F.embedding((seq - 1).clamp(min=0), table)
         recency = torch.arange(t - 1, -1, -1, device=seq.device)
         x = self.drop(emb * math.sqrt(self.d) + self.pos(recency)) * real.unsqueeze(-1)
         causal = torch.ones(t, t, dtype=torch.bool, device=seq.device).tril()
