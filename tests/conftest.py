@@ -48,3 +48,19 @@ def checkerboard():
     items = pd.DataFrame({"item_id": [f"i{i}" for i in range(50)],
                           "title": [f"{'even' if i % 2 == 0 else 'odd'} item {i}" for i in range(50)]})
     return build_dataset("checkerboard", df, items)
+
+
+# the service tests' topic data set and an itemknn engine on it (test_service.py has its own)
+@pytest.fixture(scope="module")
+def ds():
+    from servicekit import dataset
+    return dataset()
+
+
+@pytest.fixture
+def engine(ds, tmp_path):
+    """An itemknn engine on the topic data set, with its own store."""
+    from llmrec import models, service
+    e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "state", source="t")
+    yield e
+    e.store.close()

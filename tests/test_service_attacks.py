@@ -9,7 +9,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from servicekit import catalogue, dataset, free_port, interactions, wait_healthy
+from servicekit import catalogue, free_port, interactions, wait_healthy
 
 from llmrec import models, service
 from llmrec.data import build_dataset
@@ -18,18 +18,6 @@ from llmrec.server import check_access, create_app, host_name, serve_config
 
 KEY = "attack-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return dataset()
-
-
-@pytest.fixture
-def engine(ds, tmp_path):
-    e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "state", source="t")
-    yield e
-    e.store.close()
 
 
 # Host names: the loopback names `llmrec serve` allows must be answered in every spelling a client uses

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from servicekit import TextKNN, dataset, exchange, free_port, wait_healthy
+from servicekit import TextKNN, exchange, free_port, wait_healthy
 
 from llmrec import cli, models, service
 from llmrec.errors import ConfigError
@@ -25,18 +25,6 @@ from llmrec.store import Store
 KEY = "hardening-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON = {**AUTH, "content-type": "application/json"}
-
-
-@pytest.fixture(scope="module")
-def ds():
-    return dataset()
-
-
-@pytest.fixture
-def engine(ds, tmp_path):
-    e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "state", source="t")
-    yield e
-    e.store.close()
 
 
 @pytest.fixture
