@@ -149,3 +149,20 @@ def test_load_refuses_what_is_not_an_index(tmp_path):
     (tmp_path / "x.index.json").write_text("{not json")
     with pytest.raises(LLMRecError, match="not an index description"):
         index.load(tmp_path / "x.index")
+
+
+@pytest.mark.parametrize("kind,key", [("hnsw", "ef_search"), ("ivf", "nprobe")])
+def test_tune_to_recall_picks_the_cheapest_setting_that_reaches_the_target(kind, key):
+    x, q = _clustered(20_000)
+    ix = index.make(kind, hnsw_m=8, ef_construction=40) if kind == "hnsw" else index.make(kind)
+    ix.add(x)
+    exclude = [np.arange(r, r + 3) for r in range(len(q))]
+    got = index.tune_to_recall(ix, x, q, exclude=exclude, k=10, target=0.97)
+    assert got["param"] == key and ix.params[key] == got["value"]
+    values = list(got["tried"])
+    assert values == sorted(values) and values[-1] == got["value"]
+    assert got["recall_at_k"] >= 0.97 and all(r < 0.97 for r in list(got["tried"].values())[:-1])
+    exact_ids, _ = index.make("exact").add(x).search(q, 10, exclude=exclude)
+    again = index.recall_at_k(ix.search(q, 10, exclude=exclude)[0], exact_ids)
+    assert again == pytest.approx(got["recall_at_k"], abs=1e-4)
+    assert index.tune_to_recall(index.make("exact").add(x), x, q) == {}  # nothing to tune

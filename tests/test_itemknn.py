@@ -130,3 +130,20 @@ def test_large_catalogue_recommend_equals_the_dense_ranking(monkeypatch):
         assert (fast.item_ids == dense.item_ids).all(), k
         np.testing.assert_allclose(fast.scores, dense.scores, rtol=1e-6)
     assert m._search([np.array([0])], 3, [np.zeros(0, np.int64)]) is not None
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 1.5])
+def test_threads_split_the_rows_without_changing_them(shrinkage):
+    x = sp.csr_matrix(random_binary(300, 200, 0.05, seed=3))
+    one = cosine_top_n(x, 7, shrinkage, threads=1)
+    for threads in (2, 3, 8):
+        many = cosine_top_n(x, 7, shrinkage, threads=threads)
+        np.testing.assert_array_equal(many.indptr, one.indptr)
+        np.testing.assert_array_equal(many.indices, one.indices)
+        np.testing.assert_array_equal(many.data, one.data)
+    np.testing.assert_allclose(one.toarray(), dense_reference(x.toarray(), 7, shrinkage), rtol=1e-6)
+
+
+def test_negative_threads_is_refused():
+    with pytest.raises(ConfigError, match="threads"):
+        models.get("itemknn", threads=-1)

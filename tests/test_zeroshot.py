@@ -11,6 +11,7 @@ from test_encoders import SCENARIO_BAD, SCENARIO_GOOD, SCENARIO_QUERY, BagOfWord
 from llmrec import cli, encoders, models, synthetic, text
 from llmrec.data import Catalog
 from llmrec.errors import DataError, LLMRecError
+from llmrec.models.base import load_model
 
 encoders.register("test-bow", BagOfWords, "bag-of-words stub for tests")
 
@@ -134,7 +135,8 @@ def test_items_added_to_an_approximate_index_without_a_rebuild(topics, tmp_path,
     """A PUT at a million items must not rebuild the index: new items are added to it, an updated item is
     scored exactly beside it; answers equal the exact index's, also after a save and load."""
     exact = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
-    ann = models.get("zero-shot", encoder="test-bow", cache=False, index=kind).fit(topics, progress=False)
+    ann = models.get("zero-shot", encoder="test-bow", cache=False, index=kind,
+                     tune_queries=0).fit(topics, progress=False)  # the default search: exhaustive at this size
     built = ann.index
     new = [{"item_id": f"n{j}", "title": t} for j, t in enumerate(["red planet colony", "bread and soup"])]
     changed = [{"item_id": topics.catalog.ids.id(3), "title": "red planet colony ships"},
@@ -291,3 +293,17 @@ def test_auto_encoder_chosen_once_and_saved_with_index(topics, tmp_path, monkeyp
     exact = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
     with pytest.raises(LLMRecError, match="an index of kind ivf over 200 cosine vectors, but this model"):
         exact.load_index(tmp_path / "zs" / "items.index")
+
+
+def test_fit_tunes_an_approximate_index_on_users_queries(topics, tmp_path):
+    m = models.get("zero-shot", encoder="test-bow", cache=False, index="hnsw", recall=0.99)
+    m.fit(topics, progress=False)
+    t = m.index_tuning
+    assert t["param"] == "ef_search" and m.index.params["ef_search"] == t["value"] and t["recall_at_k"] >= 0.99
+    assert t["queries"] == sum(len(h) > 0 for h in m._histories[:500])
+    m.save(tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.index.params["ef_search"] == t["value"]  # the setting travels with the saved index
+    off = models.get("zero-shot", encoder="test-bow", cache=False, index="hnsw", tune_queries=0)
+    off.fit(topics, progress=False)
+    assert off.index_tuning == {} and off.index.params["ef_search"] == 512

@@ -457,7 +457,9 @@ def build_from_chunks(name: str, chunks: Iterable[pd.DataFrame], items: pd.DataF
     builder = _LogBuilder(catalog, unknown_items, interactions_path, items_path)
     for chunk in chunks:
         builder.add(chunk)
-    return builder.finish(name)
+    ds = builder.finish(name)
+    pa.default_memory_pool().release_unused()  # arrow keeps freed buffers: ml-1m 337 -> 183 MB resident
+    return ds
 
 
 def load_files(interactions: str | Path, items: str | Path | None = None, *,

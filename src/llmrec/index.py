@@ -265,24 +265,30 @@ class FaissIndex(Index):
             self.faiss.extract_index_ivf(self.index).nprobe = self.params["nprobe"]
 
     def search(self, queries, k, exclude=None):
+        """Excluded ids are skipped inside the search (a FAISS id selector per query that has any), so a
+        query's cost and recall depend on the search setting alone, not on how much it excludes nor on
+        the other queries of its batch."""
         q = self._check_search(queries, k, exclude)
         if self.index is None:
             return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
-        extra = max((len(e) for e in exclude), default=0) if exclude is not None else 0
-        kk = min(self.n, k + extra)
-        if self.kind == "hnsw":
+        kk = min(self.n, k)
+        faiss, hnsw = self.faiss, self.kind == "hnsw"
+        if hnsw:
             _hnsw(self.index).efSearch = max(self.params["ef_search"], kk)
-        dist, ids = self.index.search(q, kk)
+        dist = np.empty((len(q), kk), np.float32)
+        ids = np.empty((len(q), kk), np.int64)
+        rows = [r for r in range(len(q)) if exclude is not None and len(exclude[r])]
+        plain = np.setdiff1d(np.arange(len(q)), rows)
+        if len(plain):
+            dist[plain], ids[plain] = self.index.search(q[plain], kk)
+        for r in rows:
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.unique(np.asarray(exclude[r], np.int64))))
+            params = (faiss.SearchParametersHNSW(sel=sel, efSearch=max(self.params["ef_search"], kk)) if hnsw
+                      else faiss.SearchParametersIVF(sel=sel, nprobe=self.params["nprobe"]))
+            dist[r:r + 1], ids[r:r + 1] = self.index.search(q[r:r + 1], kk, params=params)
         scores = -np.sqrt(np.maximum(dist, 0)) if self.metric == "euclidean" else dist
-        scores = scores.astype(np.float32)
         scores[ids < 0] = -np.inf
-        if exclude is not None:
-            for r, ex in enumerate(exclude):
-                if len(ex):
-                    scores[r, np.isin(ids[r], np.asarray(ex, np.int64))] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")
-            ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-        return _pad(ids[:, :k], scores[:, :k], k)
+        return _pad(ids, scores, k)
 
     def save(self, path) -> Path:
         if self.index is None:
@@ -409,6 +415,34 @@ def make(kind: str = "exact", metric: str = "cosine", **params) -> Index:
     return FaissIndex(metric, kind, **params)
 
 
+SEARCH_SETTINGS = {"hnsw": ("ef_search", (16, 32, 64, 128, 256, 512, 1024)),
+                   "ivf": ("nprobe", (4, 8, 16, 32, 64, 128, 256, 512, 1024))}
+
+
+def tune_to_recall(ix: Index, vectors: np.ndarray, queries: np.ndarray, exclude: list | None = None,
+                   k: int = 10, target: float = 0.95) -> dict:
+    """Set ``ix`` (an approximate index over ``vectors``) to the cheapest search setting (HNSW
+    ``ef_search``, IVF ``nprobe``) whose recall@k against exact search reaches ``target`` on these
+    queries, with their exclusions; the largest setting tried where none does. The queries should be
+    the ones the index will serve (e.g. user vectors): random ones flatter an index. Returns the
+    setting, its recall and every setting tried with its recall."""
+    if not isinstance(ix, FaissIndex) or ix.index is None or len(queries) == 0:
+        return {}
+    exact = make("exact", ix.metric).add(vectors)
+    want, _ = exact.search(queries, k, exclude=exclude)
+    key, values = SEARCH_SETTINGS[ix.kind]
+    if ix.kind == "ivf":
+        values = tuple(v for v in values if v < ix.index.nlist) + (ix.index.nlist,)
+    tried = {}
+    for v in values:
+        ix.tune(**{key: v})
+        tried[v] = round(recall_at_k(ix.search(queries, k, exclude=exclude)[0], want), 4)
+        if tried[v] >= target:
+            break
+    return {"param": key, "value": v, "recall_at_k": tried[v], "k": k, "target": target,
+            "queries": len(queries), "tried": tried}
+
+
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     """Mean fraction of the exact top-k found in the approximate top-k."""
     hits = [len(set(a[a >= 0]) & set(e[e >= 0])) / max(1, (e >= 0).sum())
@@ -417,4 +451,4 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
 
 
 __all__ = ["METRICS", "ExactIndex", "FaissIndex", "Index", "MemoryLimitError", "available_memory_bytes",
-           "estimate_bytes", "load", "cosine", "make", "recall_at_k", "similarity"]
+           "estimate_bytes", "load", "cosine", "make", "recall_at_k", "similarity", "tune_to_recall"]

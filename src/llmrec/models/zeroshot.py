@@ -21,6 +21,7 @@ second fit reads them back without encoding.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ class ZeroShotConfig:
     center: bool = False
     cache: bool = True
     batch_size: int = 64
+    recall: float = 0.95  # an approximate index's search set at fit to this recall@10 on users' queries
+    tune_queries: int = 500  # users (with a history) sampled for that; 0 keeps the index's defaults
 
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
@@ -89,6 +92,9 @@ class ZeroShot(Recommender):
                               f"{self.config.profile_weight}")
         if self.config.max_history < 1:
             raise LLMRecError(f"ZeroShotConfig.max_history: must be >= 1, got {self.config.max_history}")
+        if not 0.0 < self.config.recall <= 1.0 or self.config.tune_queries < 0:
+            raise LLMRecError(f"ZeroShotConfig.recall: must be in (0, 1] and tune_queries >= 0, got "
+                              f"{self.config.recall} and {self.config.tune_queries}")
         if self.config.encoder != "auto":
             encoders.resolve(self.config.encoder)  # an unknown name fails here, before any work
         self.encoder_name: str | None = None if self.config.encoder == "auto" else self.config.encoder
@@ -121,6 +127,26 @@ class ZeroShot(Recommender):
 
     def _fit(self, data, train, split, progress) -> None:
         self._encode_catalog(progress)
+        self.index_tuning = self._tune_index()
+
+    def _tune_index(self) -> dict:
+        """An approximate index's search setting chosen on the queries it will serve: the vectors of up
+        to ``tune_queries`` training users with a history (seeded sample), their histories excluded, at
+        recall@10 ``recall`` against exact search (``index.tune_to_recall``); kept with the index."""
+        c = self.config
+        if c.index == "exact" or not c.tune_queries or not self._histories:
+            return {}
+        users = np.flatnonzero([len(h) > 0 for h in self._histories])
+        if len(users) == 0:
+            return {}
+        users = np.sort(np.random.default_rng(0).choice(users, min(c.tune_queries, len(users)), replace=False))
+        hist = [self._histories[u] for u in users]
+        out = vindex.tune_to_recall(self.index, self.item_vectors, self.user_vectors(hist), exclude=hist,
+                                    k=min(10, len(self.catalog)), target=c.recall)
+        print(f"{self.name}: {c.index} index search {out['param']}={out['value']}, recall@10 "
+              f"{out['recall_at_k']:.3f} on {out['queries']} users' queries (recall={c.recall})",
+              file=sys.stderr, flush=True)
+        return out
 
     def fit_catalog(self, catalog: Catalog, progress: bool = True) -> ZeroShot:
         """Fit on a catalogue alone (no interaction log): recommend for free text or raw histories."""
@@ -377,9 +403,10 @@ class ZeroShot(Recommender):
         n = len(self.catalog)
         return {"encoder": self.encoder_name, "encoder_dim": int(self.item_vectors.shape[1]),
                 "encode_seconds": round(self.encode_seconds, 2),
-                "cache_hits": self.cache_hits,
+                "cache_hits": self.cache_hits, "index_tuning": getattr(self, "index_tuning", {}),
                 "notes": f"encoder {self.encoder_name}, user={self.config.user}; no training on "
                          f"interactions; {n} items, {self.cache_hits} of them from the embedding cache"}
 
     def card_extra(self) -> dict:
-        return {"encoder": self.encoder_name, "encoder_dim": int(self.item_vectors.shape[1])}
+        return {"encoder": self.encoder_name, "encoder_dim": int(self.item_vectors.shape[1]),
+                "index_tuning": getattr(self, "index_tuning", {})}
