@@ -457,9 +457,13 @@ def build_from_chunks(name: str, chunks: Iterable[pd.DataFrame], items: pd.DataF
     builder = _LogBuilder(catalog, unknown_items, interactions_path, items_path)
     for chunk in chunks:
         builder.add(chunk)
-    ds = builder.finish(name)
-    pa.default_memory_pool().release_unused()  # arrow keeps freed buffers: ml-1m 337 -> 183 MB resident
-    return ds
+    return builder.finish(name)
+
+
+def release_read_buffers() -> None:
+    """Hand the buffers arrow keeps after a read back to the system (ml-1m: 275 -> 181 MB resident).
+    Called once a loader's frames are gone."""
+    pa.default_memory_pool().release_unused()
 
 
 def load_files(interactions: str | Path, items: str | Path | None = None, *,
@@ -471,11 +475,14 @@ def load_files(interactions: str | Path, items: str | Path | None = None, *,
     if interaction_columns:
         check_column_keys(interaction_columns, LOG_COLUMNS)
     items_df = read_table(items, columns=item_columns) if items is not None else None
-    return build_from_chunks(name or Path(interactions).stem,
-                             iter_chunks(interactions, columns=interaction_columns, chunk_rows=chunk_rows),
-                             items_df, interactions_path=str(interactions),
-                             items_path=str(items) if items is not None else None,
-                             unknown_items=unknown_items)
+    ds = build_from_chunks(name or Path(interactions).stem,
+                           iter_chunks(interactions, columns=interaction_columns, chunk_rows=chunk_rows),
+                           items_df, interactions_path=str(interactions),
+                           items_path=str(items) if items is not None else None,
+                           unknown_items=unknown_items)
+    del items_df
+    release_read_buffers()
+    return ds
 
 
 def load_catalog(path: str | Path, columns: dict[str, str] | None = None) -> Catalog:

