@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from servicekit import TextKNN, dataset
 
-from llmrec import models, service
+from llmrec import models, pipeline, service
 from llmrec.errors import LLMRecError
 from llmrec.server import create_app
 
@@ -41,7 +41,8 @@ def client(engine):
 # -- the engine, no HTTP ---------------------------------------------------------------------------
 def test_engine_matches_model_records(engine):
     out = engine.recommend(user_id="u0", k=5, explain=True)
-    want = engine.model.recommend(users=["u0"], k=5, explain=True).records(engine.catalog)
+    hist = [x["item_id"] for x in engine.history("u0")["items"]]  # the engine owns the histories
+    want = engine.model.recommend(histories=[hist], k=5, explain=True).records(engine.catalog)
     assert out["user_id"] == "u0" and out["model"] == "itemknn"
     assert [r["item_id"] for r in out["items"]] == [r["item_id"] for r in want]
     assert all("explanation" in r for r in out["items"])
@@ -382,7 +383,7 @@ def test_cli_retrain_then_serve_checkpoint(tmp_path, capsys):
     from llmrec import cli
     from llmrec.models import load_model
     items, inter = write_files(tmp_path)
-    m, source = service.load_source(items=str(items), interactions=str(inter), model="itemknn")
+    m, source = pipeline.obtain(items=str(items), interactions=str(inter), model="itemknn")
     e = service.open_engine(m, tmp_path / "state", source)
     e.add_events([{"user_id": "cli-user", "item_id": "g3", "type": "purchase"}])
     e.store.close()

