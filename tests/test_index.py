@@ -149,3 +149,23 @@ def test_load_refuses_what_is_not_an_index(tmp_path):
     (tmp_path / "x.index.json").write_text("{not json")
     with pytest.raises(LLMRecError, match="not an index description"):
         index.load(tmp_path / "x.index")
+
+
+def test_exact_search_breaks_ties_by_item_index():
+    """The one tie rule (metrics.top_k): equal scores come back in item order (argpartition's order was
+    arbitrary: 0, 994, 35, 42, 49 here)."""
+    x = np.zeros((1000, 4), np.float32)
+    x[:, 0] = 1
+    x[::7, 1] = 1
+    ids, scores = index.make("exact", "dot").add(x).search(np.array([[1, 1, 0, 0]], np.float32), 5)
+    assert ids.tolist() == [[0, 7, 14, 21, 28]] and scores.tolist() == [[2.0] * 5]
+
+
+def test_one_l2_normalisation():
+    from llmrec import encoders, vectors
+    assert encoders.l2_normalize is vectors.l2_normalize
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(vectors.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
+    assert vectors.l2_normalize(x, inplace=True) is x and np.allclose(x[0], [0.6, 0.8])
+    unit = x[:1]
+    assert vectors.as_unit(unit) is unit  # already unit length: no copy

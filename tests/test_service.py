@@ -48,6 +48,19 @@ def test_engine_matches_model_records(engine):
     assert all("explanation" in r for r in out["items"])
 
 
+def test_engine_owns_the_histories_and_forgets_a_user_in_one_place(ds, tmp_path):
+    """The engine takes the model's histories at start (the model keeps none) and passes each query's in;
+    deleting a user leaves no copy in the model, and a text model never needs a private call."""
+    m = models.get("itemknn").fit(ds, progress=False)
+    before = m.recommend(users=["u0"], k=5).item_ids[0].tolist()
+    e = service.open_engine(m, tmp_path / "s", source="t")
+    assert all(len(m.history_of(u)) == 0 for u in m.users.ids())
+    assert [r["item_id"] for r in e.recommend(user_id="u0", k=5)["items"]] == before
+    e.delete_user("u0")
+    assert "u0" not in e.user_ids(1000) and len(m.history_of("u0")) == 0
+    assert isinstance(TextKNN(), models.TextQueries) and not isinstance(m, models.TextQueries)
+
+
 def test_engine_imports_no_web_framework():
     import subprocess
     import sys
