@@ -34,12 +34,12 @@ RESULTS = Path(__file__).parent / "results"
 def serve(args) -> None:
     """The server side: the real app plus two empty endpoints, under uvicorn like `llmrec serve`."""
     t_start = time.perf_counter()
-    from llmrec import service
+    from llmrec import pipeline, service
     from llmrec.server import create_app, run
     if args.model_dir:  # a saved checkpoint: what a restart of a large service loads
-        model, source = service.load_source(model_dir=args.model_dir)
+        model, source = pipeline.obtain(model_dir=args.model_dir)
     else:
-        model, source = service.load_source(dataset=args.dataset, model=args.model)
+        model, source = pipeline.obtain(dataset=args.dataset, model=args.model, text=True)
     engine = service.open_engine(model, args.data_dir, source)
     app = create_app(engine, insecure=True, public_user_data=True)  # the bodies ask for user ids
     ready_s = time.perf_counter() - t_start  # model loaded (or fitted), store replayed, app made
@@ -223,9 +223,9 @@ def main(argv=None) -> int:
         serve(args)
         return 0
 
-    from llmrec import service
+    from llmrec import pipeline
     from llmrec.datasets import load
-    model = args.model or service.default_model_name()
+    model = args.model or pipeline.DEFAULT_TEXT_MODEL
     client = ("wrk" if shutil.which("wrk") else "python") if args.client == "auto" else args.client
 
     def phase(path, bodies, c, seconds):

@@ -255,6 +255,13 @@ def test_progress_bar_counts_every_text(tmp_path, monkeypatch):
     assert [(b.total, b.n) for b in seen] == [(25, 25), (30, 30)]  # not chunks: texts, cached ones included
 
 
-def test_auto_encoder_by_catalogue_size():
-    assert encoders.auto(3_706) == "minilm"
+def test_auto_encoder_by_catalogue_language_and_size():
+    """The fast path (minilm-onnx: cosine >= 0.9999 to minilm, the same benchmark figures) by default;
+    a catalogue with CJK text gets the multilingual encoder, at any size."""
+    english = ["Alien Worlds", "Home Cooking", "Deep learning with Python"] * 10
+    assert encoders.auto(3_706) == encoders.auto(30, english) == "minilm-onnx"
     assert encoders.auto(encoders.LARGE_CATALOGUE) == encoders.auto(1_000_000) == "minilm-onnx-int8"
+    mixed = english + SCENARIO_GOOD
+    assert encoders.auto(len(mixed), mixed) == encoders.auto(10**6, mixed) == "use-multilingual"
+    assert encoders.auto(2_000, english * 100 + ["一本书"]) == "minilm-onnx"  # one stray title is not a language
+    assert "CJK" in encoders.auto_reason("use-multilingual")

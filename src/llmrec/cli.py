@@ -299,7 +299,7 @@ def cmd_tags(args) -> int:
     from .io import parse_column_map
     catalog = load_catalog(args.items, parse_column_map(args.item_columns))
     vocab = text.load_vocabulary(args.vocab)
-    enc = encoders.cached(args.encoder or "minilm")
+    enc = encoders.cached(args.encoder or encoders.auto(len(catalog), catalog.titles()))
     tagged, n = text.tag_catalog(catalog, vocab, enc, k=args.k, min_similarity=args.min_similarity,
                                  only_missing=not args.all)
     text.write_catalog(tagged, args.out)
@@ -330,7 +330,7 @@ def cmd_demo(args) -> int:
         because = ", ".join(b["title"] for b in it["explanation"]["because"][:2])
         print(f"{rank:>3}. {it['title']:<45} score {it['score']:.3f}  because: {because}")
     print(f"\na new user, no history, says: {args.text!r}")
-    zs = models.get("zero-shot", encoder="minilm-onnx").fit_catalog(ds.catalog)
+    zs = models.get("zero-shot").fit_catalog(ds.catalog)  # encoder auto: minilm-onnx for this catalogue
     _print_items(zs.recommend_text([args.text], k=5, explain=True).records(zs.catalog), explain=True)
     return 0
 
@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
     s.add_argument("--vocab", required=True, metavar="FILE", help="tag vocabulary, one tag a line")
     s.add_argument("--out", required=True, metavar="FILE", help="catalogue with tags (.csv/.tsv/.jsonl/.parquet)")
-    s.add_argument("--encoder", default=None, metavar="NAME", help="text encoder (default minilm)")
+    s.add_argument("--encoder", default=None, metavar="NAME",
+                   help="text encoder (default: by the catalogue's language and size, as zero-shot's auto)")
     s.add_argument("-k", type=int, default=3, help="tags per item (default 3)")
     s.add_argument("--min-similarity", type=float, default=0.0)
     s.add_argument("--all", action="store_true", help="re-tag items that already have tags")

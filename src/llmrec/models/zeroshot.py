@@ -11,9 +11,8 @@ User representations (config ``user``):
 
 Scores: similarity(user vector, item vectors) with ``metric`` cosine | dot | euclidean (-distance).
 
-Encoder ``auto`` (the default) picks by catalogue size when the model is first fitted and keeps that choice
-(saved with the checkpoint): ``minilm`` below ``encoders.LARGE_CATALOGUE`` items, ``minilm-onnx-int8`` from
-there (min cosine 0.987 to minilm; zero-shot HR@10 ml-1m 0.0425 vs 0.0419, ml-100k 0.0509 vs 0.0520).
+Encoder ``auto`` (the default) picks by the catalogue's language and size when the model is first fitted and
+keeps that choice (saved with the checkpoint): see ``encoders.auto``.
 Catalogue vectors are streamed to the encoder's on-disk cache chunk by chunk, so a killed fit resumes and a
 second fit reads them back without encoding.
 """
@@ -21,6 +20,7 @@ second fit reads them back without encoding.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ from .base import Recommendations, Recommender
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    encoder: str = "auto"  # by catalogue size: see encoders.auto
+    encoder: str = "auto"  # by the catalogue's language and size: see encoders.auto
     template: str = DEFAULT_TEMPLATE
     user: Literal["pool", "text"] = "pool"
     recency: float = 0.5  # picked on validation HR@10 (ml-100k, ml-1m) from 1.0, 0.9, 0.7, 0.5, 0.3
@@ -99,7 +99,9 @@ class ZeroShot(Recommender):
         if self._encoder is None:
             if self.encoder_name is None:  # "auto": chosen once, by the catalogue the model is fitted on
                 self._check_fitted()
-                self.encoder_name = encoders.auto(len(self.catalog))
+                self.encoder_name = encoders.auto(len(self.catalog), self.catalog.titles())
+                print(f"zero-shot: encoder {self.encoder_name} ({encoders.auto_reason(self.encoder_name)}; "
+                      "--encoder NAME to choose)", file=sys.stderr)
             enc = encoders.get(self.encoder_name)
             self._encoder = encoders.cached(enc) if self.config.cache else enc
         return self._encoder
