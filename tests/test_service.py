@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from servicekit import TextKNN, dataset
 
 from llmrec import models, pipeline, service
-from llmrec.errors import LLMRecError
+from llmrec.errors import LLMRecError, UnknownNameError
 from llmrec.server import create_app
 
 KEY = "test-key-123"
@@ -442,7 +442,7 @@ def test_recommend_many_equals_one_by_one(ds, tmp_path, model):
             assert type(got) is type(err) and str(got) == str(err), (q, got)
             continue
         _same_answer(got, want, q)
-    assert isinstance(batch[3], service.UnknownNameError) and "nobody" in str(batch[3])
+    assert isinstance(batch[3], UnknownNameError) and "nobody" in str(batch[3])
     assert isinstance(batch[6], LLMRecError) and "k must be" in str(batch[6])
     assert len(batch[4]["items"]) == 7 and len(batch[1]["items"]) == 3
     e.store.close()

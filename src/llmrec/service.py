@@ -26,7 +26,6 @@ import re
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,21 +33,28 @@ import numpy as np
 import pandas as pd
 
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
-from .errors import ConfigError, DataError, LLMRecError, UnknownNameError
+from .errors import ConfigError, LLMRecError
 from .models import AddsItems, Recommender, TextQueries
+from .rwlock import ReadWriteLock
 from .store import Event, Store
+from .validation import (
+    EVENT_TYPES,
+    MAX_BATCH,
+    MAX_FIELD,
+    MAX_FILTER_VALUES,
+    MAX_HISTORY,
+    MAX_K,
+    MAX_TEXT,
+    Unsupported,
+    check_id,
+    check_unicode,
+    field_error,
+    not_found,
+    number,
+)
 
-EVENT_TYPES = ("view", "click", "like", "purchase", "dislike", "rating")
-MAX_K = 100
-MAX_HISTORY = 5000
-MAX_TEXT = 2000
-MAX_BATCH = 1000
-MAX_ID = 256
-MAX_FIELD = 10_000
-MAX_FILTER_VALUES = 50
 ERASURE_RETRY_S = 1.0
 EMPTY = np.zeros(0, dtype=np.int64)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -62,24 +68,6 @@ class _Query:
     mask: np.ndarray | None
     head: dict
     group: tuple
-
-
-class Unsupported(LLMRecError):
-    """The served model cannot do what was asked (e.g. a free-text query to itemknn)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-def field_error(field: str, message: str) -> DataError:
-    return DataError(message, field=field)
-
-
-def not_found(kind: str, name: object, field: str) -> UnknownNameError:
-    e = UnknownNameError(kind, name)
-    e.field = field
-    return e
 
 
 @dataclass(frozen=True)
@@ -106,58 +94,6 @@ class ServiceConfig:
                               f"{self.rating_max}")
         if self.max_clock_skew < 0:
             raise ConfigError(f"ServiceConfig.max_clock_skew: must be >= 0, got {self.max_clock_skew}")
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer goes before readers who come after it (so a stream of
-    queries cannot starve an upsert). The standard library has no such lock."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self):
-        self._acquire_read()
-        try:
-            yield
-        finally:
-            self._release_read()
-
-    @contextmanager
-    def write(self):
-        self._acquire_write()
-        try:
-            yield
-        finally:
-            self._release_write()
-
-    def _acquire_read(self):
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def _release_read(self):
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    def _acquire_write(self):
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-
-    def _release_write(self):
-        with self._cond:
-            self._writing = False
-            self._cond.notify_all()
 
 
 class Engine:
@@ -307,7 +243,7 @@ class Engine:
                 raise field_error("text", "text must be a non-empty string")
             if len(text) > MAX_TEXT:
                 raise field_error("text", f"text is longer than {MAX_TEXT} characters")
-            _check_unicode(text, "text")
+            check_unicode(text, "text")
             recs = self._recommend_text(text, k, excl, mask, explain)
             return {"model": self.model.name, "items": recs.records(self.model.catalog)}
         head: dict = {}
@@ -357,7 +293,7 @@ class Engine:
                 raise field_error(f"filters.{name}", f"expected a text value or a list of 1 to "
                                   f"{MAX_FILTER_VALUES} text values")
             for v in values:
-                _check_unicode(str(v), f"filters.{name}")
+                check_unicode(str(v), f"filters.{name}")
             key = (self._catalog_version, name, tuple(sorted(str(v).strip().casefold() for v in values)))
             m = self._masks.get(key)
             if m is None:
@@ -405,7 +341,7 @@ class Engine:
         cfg = self.config
         value = e.get("value")
         if value is not None:
-            value = _number(value, f"{where}.value", "a number")
+            value = number(value, f"{where}.value", "a number")
             if not cfg.rating_min <= value <= cfg.rating_max:
                 raise field_error(f"{where}.value", f"{value:g} is outside the rating scale "
                                   f"{cfg.rating_min:g} to {cfg.rating_max:g}")
@@ -417,7 +353,7 @@ class Engine:
         if ts is None:
             ts = now
         else:
-            ts = _number(ts, f"{where}.timestamp", "seconds since 1970")
+            ts = number(ts, f"{where}.timestamp", "seconds since 1970")
             if ts < 0:
                 raise field_error(f"{where}.timestamp", f"{ts:g} is before 1970 (expected seconds since 1970)")
             if ts > now + cfg.max_clock_skew:
@@ -496,7 +432,7 @@ class Engine:
                 v = str(v)
                 if len(v) > MAX_FIELD:
                     raise field_error(k, f"longer than {MAX_FIELD} characters")
-                _check_unicode(v, k)
+                check_unicode(v, k)
             given[k] = v
         with self._write_lock:  # the model lock only around the catalogue swap, not the disk write
             created = item_id not in self.catalog.ids
@@ -569,53 +505,10 @@ class Engine:
                 "out": None if out is None else str(out)}
 
 
-def check_id(x, field: str) -> str:
-    """An id as the service accepts it everywhere, paths included: a string (or an integer) of 1 to
-    ``MAX_ID`` characters, not blank, valid Unicode, with no control characters, and not "." or "..". Any
-    other character, ``/`` included, is allowed (percent-encode it in a URL)."""
-    if isinstance(x, bool) or not isinstance(x, (str, int)):
-        raise field_error(field, f"expected an id (a string), got {x!r}")
-    s = str(x)
-    if not s.strip():
-        raise field_error(field, "empty id")
-    if len(s) > MAX_ID:
-        raise field_error(field, f"id longer than {MAX_ID} characters")
-    _check_unicode(s, field)
-    if _CONTROL.search(s):
-        raise field_error(field, "an id may not contain control characters")
-    if s in (".", ".."):  # a URL path segment that clients resolve away: no route could reach it
-        raise field_error(field, f"{s!r} cannot be an id")
-    return s
-
-
-def _check_unicode(s: str, field: str) -> None:
-    """Refuse text that is not valid Unicode (a lone surrogate such as "\\ud800", which JSON can carry but
-    UTF-8 cannot store)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise field_error(field, "not valid Unicode (a lone surrogate such as \\ud800)") from None
-
-
-def _number(x, field: str, what: str) -> float:
-    """A finite JSON number as float; huge integers (1 followed by 400 zeros) are refused, not an overflow."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise field_error(field, f"expected {what}, got {x!r}")
-    try:
-        v = float(x)
-    except OverflowError:
-        v = math.inf
-    if not math.isfinite(v):
-        shown = repr(x) if isinstance(x, float) else "an integer too large for a float"
-        raise field_error(field, f"expected {what}, a finite number, got {shown}")
-    return v
-
-
 # -- where to keep state -------------------------------------------------------------------------------
 def default_data_dir(source: str) -> Path:
     """``<user data dir>/llmrec/serve/<source slug>``: one store per thing served."""
     import hashlib
-    import re
 
     from platformdirs import user_data_dir
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.split(":")[-1].split("/")[-1])[:60].strip("_")
