@@ -29,9 +29,9 @@ def history_text(titles: list[str], history: np.ndarray, n: int) -> str:
 
 
 def load_encoder(name: str, device: torch.device):
-    """A trainable sentence-transformers model (``encoders.sentence_transformer``): ``minilm`` or a folder /
+    """A trainable sentence-transformers model (``encoder_backends.sentence_transformer``): ``minilm`` or a folder /
     hub name."""
-    from .encoders import sentence_transformer
+    from .encoder_backends import sentence_transformer
     return sentence_transformer(name, device=str(device))
 
 
