@@ -139,7 +139,7 @@ def test_register_and_describe():
     assert encoders.describe()["multilingual"].startswith("alias of")
 
 
-# -- real models (offline, from the packages in ASSETS.md) -------------------------------------------
+# -- real models (offline, from the llm extra's packages) -------------------------------------------
 SCENARIO_QUERY = "我最近喜欢看科幻电影和编程书籍"
 SCENARIO_GOOD = ["一本关于深度学习的经典书籍", "一部关于外星生命的科幻电影", "一本关于机器学习的教材",
                  "一部关于时空旅行的科幻电影"]
