@@ -407,6 +407,16 @@ def cmd_retrain(args) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
+def _model_command(sub, name: str, help_: str, func: Handler) -> argparse.ArgumentParser:
+    """A command over data and a model: the data, cleaning and model options, and --json."""
+    s = sub.add_parser(name, help=help_)
+    add_data_options(s)
+    add_model_options(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=func)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmrec", description="Recommendations made by language models.")
     p.add_argument("--version", action="version", version=f"llmrec {__version__}")
@@ -428,34 +438,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
 
-    s = sub.add_parser("train", help="train a model on the train split and save a checkpoint")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "train", "train a model on the train split and save a checkpoint", cmd_train)
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="fit a model and evaluate it (full ranking, leave-one-out)")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "evaluate", "fit a model and evaluate it (full ranking, leave-one-out)", cmd_evaluate)
     s.add_argument("--model-dir", help="evaluate a saved checkpoint instead of fitting --model")
     s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
     s.add_argument("--stage", choices=["test", "valid"], default="test")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("recommend", help="top-k items for a user")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "recommend", "top-k items for a user", cmd_recommend)
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
     s.add_argument("--user", help="external user id")
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("encoders", help="list the built-in text encoders")
     s.add_argument("--json", action="store_true")

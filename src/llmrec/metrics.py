@@ -21,24 +21,23 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
 
 def ndcg(ranks: np.ndarray, k: int) -> float:
     """Mean of 1 / log2(rank + 2) over users whose target is in the top ``k`` (0 otherwise)."""
-    r = _ranks(ranks)
-    if not len(r):
-        return 0.0
-    gains = np.zeros(len(r))
-    hit = r < k
-    gains[hit] = 1.0 / np.log2(r[hit] + 2.0)
-    return float(gains.mean())
+    return _mean_gain(ranks, k, lambda r: 1.0 / np.log2(r + 2.0))
 
 
 def mrr(ranks: np.ndarray, k: int) -> float:
     """Mean reciprocal rank, cut at ``k``."""
+    return _mean_gain(ranks, k, lambda r: 1.0 / (r + 1.0))
+
+
+def _mean_gain(ranks: np.ndarray, k: int, gain) -> float:
+    """Mean over users of ``gain(rank)`` for a target in the top ``k``, 0 for the others."""
     r = _ranks(ranks)
     if not len(r):
         return 0.0
-    rr = np.zeros(len(r))
+    out = np.zeros(len(r))
     hit = r < k
-    rr[hit] = 1.0 / (r[hit] + 1.0)
-    return float(rr.mean())
+    out[hit] = gain(r[hit])
+    return float(out.mean())
 
 
 def coverage(topk: np.ndarray, n_items: int, k: int) -> float:
