@@ -1,5 +1,5 @@
 """Encoders: the protocol, the on-disk cache, bad input, and (marked slow) the real models: the ONNX fast
-path against the sentence-transformers reference, the founding document's Chinese scenario, SmolLM2."""
+path against the sentence-transformers reference, the Chinese scenario, SmolLM2."""
 
 import warnings
 
@@ -188,7 +188,7 @@ def test_real_encoder_warns_once_on_overlong_text():
 
 
 @pytest.mark.slow
-def test_founding_chinese_scenario_with_the_multilingual_encoder():
+def test_chinese_scenario_with_the_multilingual_encoder():
     enc = encoders.get("multilingual")
     q = enc.encode([SCENARIO_QUERY], kind="query")
     s = (enc.encode(SCENARIO_GOOD + SCENARIO_BAD) @ q.T).ravel()

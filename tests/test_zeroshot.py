@@ -164,7 +164,7 @@ def test_bad_config_values():
         models.get("zero-shot", encoderr="minilm")
 
 
-# -- real encoders: cold start, new users, the founding scenario, the CLI --------------------------------
+# -- real encoders: cold start, new users, the Chinese scenario, the CLI --------------------------------
 @pytest.fixture(scope="module")
 def zs(topics):
     return models.get("zero-shot", encoder="minilm-onnx").fit(topics, progress=False)
@@ -203,7 +203,7 @@ def test_new_item_by_text_alone_is_recommendable_at_once(topics, tmp_path):
 
 
 @pytest.mark.slow
-def test_founding_scenario_through_the_recommender():
+def test_chinese_scenario_through_the_recommender():
     cat = Catalog.from_frame(pd.DataFrame({"item_id": [f"i{i}" for i in range(15)],
                                            "title": SCENARIO_GOOD + SCENARIO_BAD}))
     m = models.get("zero-shot", encoder="multilingual").fit_catalog(cat, progress=False)
