@@ -258,7 +258,7 @@ def cmd_recommend_text(args) -> int:
         _print_json({"text": args.text, "user_id": args.user, "model": model.name, "items": items})
     else:
         print(f"profile: {args.text!r}" + (f" + history of user {args.user}" if args.user else "")
-              + f"; model {model.name} ({getattr(model, 'encoder_name', None) or ''})")
+              + f"; model {model.name} ({model.card_extra().get('encoder', '')})")
         _print_items(items, args.explain)
     return 0
 

@@ -12,6 +12,7 @@ ensemble load data, build, fit, describe and save models.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -122,7 +123,7 @@ def build(name: str | None = None, overrides: dict | None = None, *, encoder: st
     from . import models
     name = name or (DEFAULT_TEXT_MODEL if text else DEFAULT_MODEL)
     overrides = dict(overrides or {})
-    fields = set(getattr(models.get_class(name).Config, "__dataclass_fields__", {}))
+    fields = {f.name for f in dataclasses.fields(models.get_class(name).Config)}
     if seed is not None and "seed" in fields:
         overrides.setdefault("seed", seed)
     if encoder:

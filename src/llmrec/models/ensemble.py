@@ -226,4 +226,4 @@ class Ensemble(Recommender):
             if len(m.catalog) != len(self.catalog):
                 raise LLMRecError(f"{folder}: a member has {len(m.catalog)} items, the ensemble "
                                   f"{len(self.catalog)}; the checkpoint is inconsistent")
-        self.member_info = [getattr(m, "card", {}) for m in self.members]
+        self.member_info = [m.card for m in self.members]
