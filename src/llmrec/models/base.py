@@ -120,10 +120,6 @@ class Recommender(ABC):
         if self.catalog is None:
             raise LLMRecError(f"model {self.name!r} is not fitted: call fit() or load a checkpoint")
 
-    def check_fitted(self) -> None:
-        """Raise LLMRecError unless the model is fitted (or loaded)."""
-        self._check_fitted()
-
     def set_histories(self, histories: list[np.ndarray]) -> None:
         """Replace the known users' histories (e.g. with the full log before serving)."""
         self._histories = list(histories)
