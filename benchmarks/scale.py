@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-users", type=int, default=1000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--zeroshot-index", default="hnsw")
-    p.add_argument("--zeroshot-encoder", default="auto", help="auto picks by the catalogue's language and size (encoders.auto)")
+    p.add_argument("--zeroshot-encoder", default="auto",
+                   help="auto picks by the catalogue's language and size (encoders.auto)")
     p.add_argument("--sasrec-epochs", type=int, default=1)
     p.add_argument("--sasrec-minutes", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")
