@@ -4,6 +4,7 @@ path against the sentence-transformers reference, the Chinese scenario, SmolLM2.
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from llmrec import encoders
@@ -265,3 +266,25 @@ def test_auto_encoder_by_catalogue_language_and_size():
     assert encoders.auto(len(mixed), mixed) == encoders.auto(10**6, mixed) == "use-multilingual"
     assert encoders.auto(2_000, english * 100 + ["一本书"]) == "minilm-onnx"  # one stray title is not a language
     assert "CJK" in encoders.auto_reason("use-multilingual")
+
+
+def test_one_way_to_obtain_minilm(monkeypatch, tmp_path):
+    """textseq's and semantic-ids' item embeddings come from ``encoders.get`` (with its cache), and the
+    fine-tuner's trainable model from ``encoder_backends.sentence_transformer``: no loader of their own."""
+    from llmrec import encoder_backends, finetune
+    from llmrec.data import Catalog
+    from llmrec.models import semantic_ids, textseq
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path))
+    stub = BagOfWords()
+    monkeypatch.setitem(encoders.BUILTIN, "minilm", ("stub", lambda: stub))
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    texts = ["a film about space", "a bread recipe"]
+    np.testing.assert_allclose(textseq.text_embeddings(texts, "minilm"), stub.encode(texts), atol=1e-6)
+    cat = Catalog.from_frame(pd.DataFrame({"item_id": ["a", "b"], "title": texts}))
+    x = semantic_ids.embed_items(cat, "minilm", 0)
+    assert x.shape == (2, stub.dim) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert stub.encoded.count("a film about space") == 2  # once per loaded copy, then the cache
+    loaded = []
+    monkeypatch.setattr(encoder_backends, "sentence_transformer",
+                        lambda name, device="cpu": loaded.append((name, device)) or "model")
+    assert finetune.load_encoder("minilm", "cpu") == "model" and loaded == [("minilm", "cpu")]
