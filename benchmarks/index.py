@@ -65,7 +65,7 @@ def synthetic(n: int, d: int = 384, seed: int = 0) -> np.ndarray:
     for s in range(0, n, 100_000):
         m = min(100_000, n - s)
         x[s:s + m] = centres[rng.integers(0, 1000, m)] + 0.5 * rng.standard_normal((m, d)).astype(np.float32)
-    return encoders.l2_normalize_(x)
+    return encoders.l2_normalize(x, inplace=True)
 
 
 def pooled_queries(x: np.ndarray, n: int, seed: int = 1) -> np.ndarray:

@@ -20,10 +20,9 @@ import platform
 import resource
 import shlex
 import sys
-import time
 from pathlib import Path
 
-from llmrec import __version__, datasets, evaluate, models, split
+from llmrec import __version__, datasets, evaluate, models, pipeline, split
 from llmrec.config import parse_overrides
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,12 +46,9 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
             checkpoint_dir: Path | None = None) -> dict:
     model = models.get(model_name, overrides)
     users = sample_users(sp, sample, sample_seed)
-    if checkpoint_dir is not None and getattr(model, "supports_resume", False):
-        model.checkpoint_dir = checkpoint_dir / f"{ds.name}__{tag or model_name}"
+    folder = checkpoint_dir / f"{ds.name}__{tag or model_name}" if checkpoint_dir is not None else None
     load_before = os.getloadavg()
-    t0 = time.perf_counter()
-    model.fit(ds, sp)
-    fit_s = time.perf_counter() - t0
+    fit_s = pipeline.fit_card_save(model, ds, sp, folder)["fit_seconds"]
     res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users)
     valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), stage="valid",
                               progress=False, users=users)
@@ -73,7 +69,7 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         out["users_sample"] = {"size": int(len(users)), "seed": sample_seed,
                                "of_test_users": int(len(sp.test_users)),
                                "how": "numpy default_rng(seed).choice(test users, size, no replacement)"}
-    out.update(getattr(model, "benchmark_extra", lambda: {})())
+    out.update(model.benchmark_extra())
     return out
 
 
@@ -87,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default=None, help="result name instead of the model name (one model)")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--checkpoint-dir", type=Path, default=None,
-                   help="trained models keep per-epoch state, history and curve here (and resume)")
+                   help="each model is saved here as a checkpoint; trained ones keep their per-epoch state, "
+                        "history and curve here too (and resume)")
     p.add_argument("--sample-users", type=int, default=0, metavar="N",
                    help="evaluate a fixed random sample of N test users (slow generative models)")
     p.add_argument("--sample-seed", type=int, default=0)

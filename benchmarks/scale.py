@@ -60,12 +60,12 @@ def one(model_name: str, n_items: int, args) -> dict:
     out["fit_seconds"] = round(time.perf_counter() - t0, 2)
     out["config"] = {k: v for k, v in model.config.__dict__.items() if isinstance(v, (int, float, str, bool))}
     if model_name == "zero-shot":
-        out["encoder"] = model.encoder_name if hasattr(model, "encoder_name") else model.config.encoder
+        out["encoder"] = model.encoder_name
         out["encode_seconds"] = round(model.encode_seconds, 2)
         out["encode_items_per_s"] = round(ds.n_items / max(model.encode_seconds, 1e-9), 1)
         out["cache_hits"] = int(model.cache_hits)
         out.update(_index_cost(model.item_vectors, args.zeroshot_index))
-    extra = getattr(model, "benchmark_extra", lambda: {})()
+    extra = model.benchmark_extra()
     out.update({k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool, dict))})
     users = np.sort(np.random.default_rng(0).choice(sp.test_users, min(args.eval_users, len(sp.test_users)),
                                                     replace=False))
@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-users", type=int, default=1000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--zeroshot-index", default="hnsw")
-    p.add_argument("--zeroshot-encoder", default="auto", help="auto picks by catalogue size (encoders.auto)")
+    p.add_argument("--zeroshot-encoder", default="auto",
+                   help="auto picks by the catalogue's language and size (encoders.auto)")
     p.add_argument("--sasrec-epochs", type=int, default=1)
     p.add_argument("--sasrec-minutes", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=RESULTS / "scale.json")

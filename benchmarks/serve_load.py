@@ -34,12 +34,12 @@ RESULTS = Path(__file__).parent / "results"
 def serve(args) -> None:
     """The server side: the real app plus two empty endpoints, under uvicorn like `llmrec serve`."""
     t_start = time.perf_counter()
-    from llmrec import service
+    from llmrec import pipeline, service
     from llmrec.server import create_app, run
     if args.model_dir:  # a saved checkpoint: what a restart of a large service loads
-        model, source = service.load_source(model_dir=args.model_dir)
+        model, source = pipeline.obtain(model_dir=args.model_dir)
     else:
-        model, source = service.load_source(dataset=args.dataset, model=args.model)
+        model, source = pipeline.obtain(dataset=args.dataset, model=args.model, text=True)
     engine = service.open_engine(model, args.data_dir, source)
     app = create_app(engine, insecure=True, public_user_data=True)  # the bodies ask for user ids
     ready_s = time.perf_counter() - t_start  # model loaded (or fitted), store replayed, app made
@@ -56,7 +56,7 @@ def serve(args) -> None:
     ix = getattr(model, "index", None)
     if getattr(ix, "kind", "exact") != "exact":  # the served queries' recall@10 against exact search
         from llmrec import index as vindex
-        hist = [model.history_of(u) for u in users]
+        hist = [engine.catalog.ids.indices([i["item_id"] for i in engine.history(u)["items"]]) for u in users]
         q = model.user_vectors(hist)
         want = vindex.make("exact", ix.metric).add(model.item_vectors).search(q, 10, exclude=hist)[0]
         cost.update(ann_recall_at_10=round(vindex.recall_at_k(ix.search(q, 10, exclude=hist)[0], want), 4),
@@ -231,9 +231,9 @@ def main(argv=None) -> int:
         serve(args)
         return 0
 
-    from llmrec import service
+    from llmrec import pipeline
     from llmrec.datasets import load
-    model = args.model or service.default_model_name()
+    model = args.model or pipeline.DEFAULT_TEXT_MODEL
     client = ("wrk" if shutil.which("wrk") else "python") if args.client == "auto" else args.client
 
     def phase(path, bodies, c, seconds):

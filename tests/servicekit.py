@@ -84,11 +84,12 @@ class TextKNN(ItemKNN):
     def _query(self) -> str | None:
         return getattr(self._local, "query", None)
 
-    def add_items(self, rows: pd.DataFrame) -> None:
-        self.catalog, _ = self.catalog.upsert(rows)
+    def add_items(self, rows: pd.DataFrame) -> np.ndarray:
+        return self.upsert_catalog(rows)
 
-    def recommend_text(self, text, k=10, exclude=None, candidates=None, explain=False):
-        self._local.query = text
+    def recommend_text(self, texts, k=10, histories=None, exclude_seen=True, exclude=None, candidates=None,
+                       explain=False):
+        (self._local.query,) = texts  # one text a call: what the service sends
         try:
             return self.recommend_indices([np.zeros(0, np.int64)], k, exclude_seen=False, exclude=exclude,
                                           candidates=candidates, explain=explain)

@@ -68,6 +68,26 @@ def test_train_then_evaluate_checkpoint(capsys, files, tmp_path):
         (ck / "config.json").read_text())["card"]["test_metrics"]
 
 
+def test_checkpoint_trained_on_your_files_evaluates_with_no_data_options(capsys, files, tmp_path, monkeypatch):
+    """The README's `llmrec evaluate --model-dir DIR`: the card names the files, not a data set called
+    after the log file (which failed with "unknown data set 'log'"); any working directory."""
+    items, log = files
+    ck = tmp_path / "ck"
+    assert run(capsys, "train", "--interactions", str(log), "--items", str(items), "--model", "itemknn",
+               "--out", str(ck), "--duplicates", "drop", "--json")[0] == 0
+    monkeypatch.chdir(tmp_path.parent)
+    code, out, err = run(capsys, "evaluate", "--model-dir", str(ck), "--json")
+    assert code == 0, err
+    card = json.loads((ck / "config.json").read_text())["card"]
+    assert card["data"]["interactions"] == str(log.resolve())
+    assert json.loads(out)["metrics"] == card["test_metrics"]
+
+
+def test_library_errors_are_one_line_not_a_traceback(capsys):
+    code, out, err = run(capsys, "data", "stats", "synthetic-0-5")
+    assert code == 2 and "at least one user and one item" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("argv,message", [
     (["evaluate", "--dataset", "ml-9m"], "unknown data set 'ml-9m'; valid choices: book-crossing, ml-100k"),
     (["evaluate", "--interactions", "/nonexistent.csv"], "/nonexistent.csv: no such file"),

@@ -151,3 +151,30 @@ def test_checkerboard_withheld_item_comes_back_first(checkerboard):
                             progress=False)
     # every other liked item is in the history, so the withheld one is the only unseen liked item
     assert res.metrics["HR@1"] == 1.0
+
+
+# what each model declares it can do beyond the base protocol (callers check with isinstance, never hasattr)
+CAPABILITIES = {"zero-shot": {"text", "adds-items", "fits-catalog"}, "textseq": {"adds-items", "resume"},
+                "sasrec": {"resume"}, "tuned-encoder": {"resume"}, "ensemble": {"resume"}}
+
+
+def test_capabilities_are_declared(fitted):
+    name, m = fitted
+    declared = {cap for cap, has in (("text", isinstance(m, models.TextQueries)),
+                                     ("adds-items", isinstance(m, models.AddsItems)),
+                                     ("fits-catalog", isinstance(m, models.FitsCatalog)),
+                                     ("resume", m.supports_resume)) if has}
+    assert declared == CAPABILITIES.get(name, set())
+    assert isinstance(m.card_extra(), dict) and isinstance(m.benchmark_extra(), dict)
+
+
+def test_checkpoint_dir_is_given_to_fit(fitted, tiny, tiny_split, tmp_path):
+    """fit(checkpoint_dir=...) is the one way to say where training state goes; a later fit without it
+    keeps none (no attribute set before fit)."""
+    name, m = fitted
+    if not m.supports_resume or name in SLOW:
+        pytest.skip("keeps no training state")
+    overrides, _ = CONTRACT[name]
+    fresh = models.get(name, {**overrides, "epochs": 1} if "epochs" in overrides else overrides)
+    fresh.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "state")
+    assert fresh.checkpoint_dir == tmp_path / "state" and any((tmp_path / "state").rglob("train_state.pt"))

@@ -1,9 +1,10 @@
 """Encoders: the protocol, the on-disk cache, bad input, and (marked slow) the real models: the ONNX fast
-path against the sentence-transformers reference, the founding document's Chinese scenario, SmolLM2."""
+path against the sentence-transformers reference, the Chinese scenario, SmolLM2."""
 
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from llmrec import encoders
@@ -139,7 +140,7 @@ def test_register_and_describe():
     assert encoders.describe()["multilingual"].startswith("alias of")
 
 
-# -- real models (offline, from the packages in ASSETS.md) -------------------------------------------
+# -- real models (offline, from the llm extra's packages) -------------------------------------------
 SCENARIO_QUERY = "我最近喜欢看科幻电影和编程书籍"
 SCENARIO_GOOD = ["一本关于深度学习的经典书籍", "一部关于外星生命的科幻电影", "一本关于机器学习的教材",
                  "一部关于时空旅行的科幻电影"]
@@ -188,7 +189,7 @@ def test_real_encoder_warns_once_on_overlong_text():
 
 
 @pytest.mark.slow
-def test_founding_chinese_scenario_with_the_multilingual_encoder():
+def test_chinese_scenario_with_the_multilingual_encoder():
     enc = encoders.get("multilingual")
     q = enc.encode([SCENARIO_QUERY], kind="query")
     s = (enc.encode(SCENARIO_GOOD + SCENARIO_BAD) @ q.T).ravel()
@@ -255,6 +256,35 @@ def test_progress_bar_counts_every_text(tmp_path, monkeypatch):
     assert [(b.total, b.n) for b in seen] == [(25, 25), (30, 30)]  # not chunks: texts, cached ones included
 
 
-def test_auto_encoder_by_catalogue_size():
-    assert encoders.auto(3_706) == "minilm"
+def test_auto_encoder_by_catalogue_language_and_size():
+    """The fast path (minilm-onnx: cosine >= 0.9999 to minilm, the same benchmark figures) by default;
+    a catalogue with CJK text gets the multilingual encoder, at any size."""
+    english = ["Alien Worlds", "Home Cooking", "Deep learning with Python"] * 10
+    assert encoders.auto(3_706) == encoders.auto(30, english) == "minilm-onnx"
     assert encoders.auto(encoders.LARGE_CATALOGUE) == encoders.auto(1_000_000) == "minilm-onnx-int8"
+    mixed = english + SCENARIO_GOOD
+    assert encoders.auto(len(mixed), mixed) == encoders.auto(10**6, mixed) == "use-multilingual"
+    assert encoders.auto(2_000, english * 100 + ["一本书"]) == "minilm-onnx"  # one stray title is not a language
+    assert "CJK" in encoders.auto_reason("use-multilingual")
+
+
+def test_one_way_to_obtain_minilm(monkeypatch, tmp_path):
+    """textseq's and semantic-ids' item embeddings come from ``encoders.get`` (with its cache), and the
+    fine-tuner's trainable model from ``encoder_backends.sentence_transformer``: no loader of their own."""
+    from llmrec import encoder_backends, finetune
+    from llmrec.data import Catalog
+    from llmrec.models import semantic_ids, textseq
+    monkeypatch.setenv("LLMREC_CACHE", str(tmp_path))
+    stub = BagOfWords()
+    monkeypatch.setitem(encoders.BUILTIN, "minilm", ("stub", lambda: stub))
+    monkeypatch.setattr(encoders, "_LOADED", {})
+    texts = ["a film about space", "a bread recipe"]
+    np.testing.assert_allclose(textseq.text_embeddings(texts, "minilm"), stub.encode(texts), atol=1e-6)
+    cat = Catalog.from_frame(pd.DataFrame({"item_id": ["a", "b"], "title": texts}))
+    x = semantic_ids.embed_items(cat, "minilm", 0)
+    assert x.shape == (2, stub.dim) and np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert stub.encoded.count("a film about space") == 2  # once per loaded copy, then the cache
+    loaded = []
+    monkeypatch.setattr(encoder_backends, "sentence_transformer",
+                        lambda name, device="cpu": loaded.append((name, device)) or "model")
+    assert finetune.load_encoder("minilm", "cpu") == "model" and loaded == [("minilm", "cpu")]

@@ -62,8 +62,7 @@ def test_parallel_workers_train_the_same_members(pair, tiny, tiny_split):
 def test_checkpoint_holds_members_with_training_state_and_resumes(tiny, tiny_split, tmp_path):
     out = tmp_path / "ens"
     m = models.get("ensemble", TWO_SEEDS)
-    m.checkpoint_dir = out
-    m.fit(tiny, tiny_split, progress=False)
+    m.fit(tiny, tiny_split, progress=False, checkpoint_dir=out)
     m.save(out)
     for f in ("members/0-sasrec", "members/1-sasrec"):
         assert (out / f / "config.json").exists() and (out / f / "train_state.pt").exists()
@@ -71,8 +70,7 @@ def test_checkpoint_holds_members_with_training_state_and_resumes(tiny, tiny_spl
     hist = [tiny.histories()[u] for u in range(3)]
     np.testing.assert_allclose(back.score_histories(hist), m.score_histories(hist), rtol=1e-5, atol=1e-5)
     again = models.get("ensemble", TWO_SEEDS)
-    again.checkpoint_dir = out
-    again.fit(tiny, tiny_split, progress=False)  # both members finished: resumed, not retrained
+    again.fit(tiny, tiny_split, progress=False, checkpoint_dir=out)  # both members finished: resumed, not retrained
     assert [i["training"]["resumed_from_epoch"] for i in again.member_info] == [SMALL["epochs"]] * 2
     np.testing.assert_allclose(again.score_histories(hist), m.score_histories(hist), rtol=1e-5, atol=1e-5)
     import shutil

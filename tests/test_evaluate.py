@@ -99,3 +99,10 @@ def test_k_larger_than_the_catalogue_is_refused(tiny, tiny_split):
     full = evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, ks=(10, tiny.n_items),
                              progress=False)  # k = the whole catalogue still works
     assert full.metrics[f"HR@{tiny.n_items}"] >= full.metrics["HR@10"]
+
+
+def test_unknown_stage_is_the_projects_error(tiny, tiny_split):
+    from llmrec.errors import LLMRecError
+    m = models.get("popular").fit(tiny, tiny_split, progress=False)
+    with pytest.raises(LLMRecError, match="stage must be 'test' or 'valid'"):
+        evaluate.evaluate(m, tiny_split, tiny.n_users, tiny.n_items, stage="train")

@@ -8,8 +8,8 @@ from llmrec import index
 from llmrec.errors import LLMRecError
 
 
-def test_founding_document_worked_example():
-    # the design document prints 0.89: an arithmetic slip; 1.8875 / (1.3454 * 1.4089) = 0.99586
+def test_cosine_worked_example():
+    # by hand: 1.8875 / (1.3454 * 1.4089) = 0.99586
     assert index.cosine((0.6, 0.8, 0.9), (0.7, 0.75, 0.85)) == pytest.approx(0.99586, abs=5e-6)
     s = index.similarity(np.array([[0.6, 0.8, 0.9]]), np.array([[0.7, 0.75, 0.85]]), "cosine")
     assert s.dtype == np.float32 and s[0, 0] == pytest.approx(0.99586, abs=5e-6)
@@ -166,3 +166,23 @@ def test_tune_to_recall_picks_the_cheapest_setting_that_reaches_the_target(kind,
     again = index.recall_at_k(ix.search(q, 10, exclude=exclude)[0], exact_ids)
     assert again == pytest.approx(got["recall_at_k"], abs=1e-4)
     assert index.tune_to_recall(index.make("exact").add(x), x, q) == {}  # nothing to tune
+
+
+def test_exact_search_breaks_ties_by_item_index():
+    """The one tie rule (metrics.top_k): equal scores come back in item order (argpartition's order was
+    arbitrary: 0, 994, 35, 42, 49 here)."""
+    x = np.zeros((1000, 4), np.float32)
+    x[:, 0] = 1
+    x[::7, 1] = 1
+    ids, scores = index.make("exact", "dot").add(x).search(np.array([[1, 1, 0, 0]], np.float32), 5)
+    assert ids.tolist() == [[0, 7, 14, 21, 28]] and scores.tolist() == [[2.0] * 5]
+
+
+def test_one_l2_normalisation():
+    from llmrec import encoders, vectors
+    assert encoders.l2_normalize is vectors.l2_normalize
+    x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_allclose(vectors.l2_normalize(x), [[0.6, 0.8], [0.0, 0.0]])
+    assert vectors.l2_normalize(x, inplace=True) is x and np.allclose(x[0], [0.6, 0.8])
+    unit = x[:1]
+    assert vectors.as_unit(unit) is unit  # already unit length: no copy

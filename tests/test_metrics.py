@@ -65,3 +65,14 @@ def test_top_k_agrees_with_full_sort():
     ids, _ = metrics.top_k(s, 10)
     ref = np.argsort(-s, axis=1, kind="stable")[:, :10]
     np.testing.assert_array_equal(ids, ref)
+
+
+def test_top_k_excluding_pads_and_breaks_ties_by_index():
+    s = np.array([[1.0, 3.0, 3.0, 0.0, 3.0], [2.0, 2.0, 2.0, 2.0, 2.0]], np.float32)
+    ids, top = metrics.top_k_excluding(s, 4, exclude=[np.array([1]), np.array([], np.int64)],
+                                       candidates=np.array([True, True, True, False, True]))
+    assert ids.tolist() == [[2, 4, 0, -1], [0, 1, 2, 4]]
+    assert top[0].tolist() == [3.0, 3.0, 1.0, -np.inf] and ids.dtype == np.int64 and top.dtype == np.float32
+    assert s[0, 1] == 3.0  # copied unless told otherwise
+    ids, top = metrics.pad_top_k(np.array([[3, 1]]), np.array([[0.5, -np.inf]], np.float32), 3)
+    assert ids.tolist() == [[3, -1, -1]] and np.isneginf(top[0, 1:]).all()

@@ -173,16 +173,14 @@ def test_full_softmax_over_a_too_large_catalogue_is_refused_before_training(tiny
 def test_time_budget_inside_the_first_epoch_leaves_a_usable_model_and_resumes(tiny, tiny_split, tmp_path):
     cfg = {**FAST, "epochs": 2, "batch_size": 16, "max_minutes": 1e-6}
     m = models.get("sasrec", cfg)
-    m.checkpoint_dir = tmp_path / "ck"
-    m.fit(tiny, tiny_split, progress=False)
+    m.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "ck")
     first = m.result.history
     assert m.result.out_of_time and len(first) == 1 and first[0]["partial"] and first[0]["batches"] == 1
     assert "valid_ndcg10" in first[0]  # validated once: there was no validation before the budget ran out
     loaded = models.load_model(m.save(tmp_path / "saved"))
     assert np.isfinite(loaded.score_histories([np.array([1, 2, 3])])).all()
     again = models.get("sasrec", {**cfg, "max_minutes": 0.0})
-    again.checkpoint_dir = tmp_path / "ck"
-    again.fit(tiny, tiny_split, progress=False)
+    again.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "ck")
     r = again.result
     assert r.resumed_from == 0 and not r.out_of_time and [h["epoch"] for h in r.history] == [1, 2]
     plain = models.get("sasrec", {**cfg, "max_minutes": 0.0}).fit(tiny, tiny_split, progress=False)

@@ -7,8 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from servicekit import TextKNN, dataset
 
-from llmrec import models, service
-from llmrec.errors import LLMRecError
+from llmrec import models, pipeline, service
+from llmrec.errors import LLMRecError, UnknownNameError
 from llmrec.server import create_app
 
 KEY = "test-key-123"
@@ -41,10 +41,24 @@ def client(engine):
 # -- the engine, no HTTP ---------------------------------------------------------------------------
 def test_engine_matches_model_records(engine):
     out = engine.recommend(user_id="u0", k=5, explain=True)
-    want = engine.model.recommend(users=["u0"], k=5, explain=True).records(engine.catalog)
+    hist = [x["item_id"] for x in engine.history("u0")["items"]]  # the engine owns the histories
+    want = engine.model.recommend(histories=[hist], k=5, explain=True).records(engine.catalog)
     assert out["user_id"] == "u0" and out["model"] == "itemknn"
     assert [r["item_id"] for r in out["items"]] == [r["item_id"] for r in want]
     assert all("explanation" in r for r in out["items"])
+
+
+def test_engine_owns_the_histories_and_forgets_a_user_in_one_place(ds, tmp_path):
+    """The engine takes the model's histories at start (the model keeps none) and passes each query's in;
+    deleting a user leaves no copy in the model, and a text model never needs a private call."""
+    m = models.get("itemknn").fit(ds, progress=False)
+    before = m.recommend(users=["u0"], k=5).item_ids[0].tolist()
+    e = service.open_engine(m, tmp_path / "s", source="t")
+    assert all(len(m.history_of(u)) == 0 for u in m.users.ids())
+    assert [r["item_id"] for r in e.recommend(user_id="u0", k=5)["items"]] == before
+    e.delete_user("u0")
+    assert "u0" not in e.user_ids(1000) and len(m.history_of("u0")) == 0
+    assert isinstance(TextKNN(), models.TextQueries) and not isinstance(m, models.TextQueries)
 
 
 def test_engine_imports_no_web_framework():
@@ -382,7 +396,7 @@ def test_cli_retrain_then_serve_checkpoint(tmp_path, capsys):
     from llmrec import cli
     from llmrec.models import load_model
     items, inter = write_files(tmp_path)
-    m, source = service.load_source(items=str(items), interactions=str(inter), model="itemknn")
+    m, source = pipeline.obtain(items=str(items), interactions=str(inter), model="itemknn")
     e = service.open_engine(m, tmp_path / "state", source)
     e.add_events([{"user_id": "cli-user", "item_id": "g3", "type": "purchase"}])
     e.store.close()
@@ -428,7 +442,7 @@ def test_recommend_many_equals_one_by_one(ds, tmp_path, model):
             assert type(got) is type(err) and str(got) == str(err), (q, got)
             continue
         _same_answer(got, want, q)
-    assert isinstance(batch[3], service.UnknownNameError) and "nobody" in str(batch[3])
+    assert isinstance(batch[3], UnknownNameError) and "nobody" in str(batch[3])
     assert isinstance(batch[6], LLMRecError) and "k must be" in str(batch[6])
     assert len(batch[4]["items"]) == 7 and len(batch[1]["items"]) == 3
     e.store.close()

@@ -1,4 +1,4 @@
-"""Attacks the hardening left open (issue 12 follow-up): each test here failed before its fix."""
+"""Attacks the hardening left open (the second round): each test here failed before its fix."""
 
 import json
 import socket

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from servicekit import TextKNN, exchange, free_port, wait_healthy
 
 from llmrec import cli, models, service
-from llmrec.errors import ConfigError
+from llmrec.errors import ConfigError, DataError
 from llmrec.server import create_app, serve_config
 from llmrec.store import Store
 
@@ -184,10 +184,10 @@ def test_engine_refuses_the_same_without_http(engine):
                        ({"user_id": "u\ud800"}, "event.user_id"),
                        ({"event_id": "e\udfff"}, "event.event_id")):
         ev = {"user_id": "u0", "item_id": "s1", "type": "like", **bad}
-        with pytest.raises(service.DataError) as e:
+        with pytest.raises(DataError) as e:
             engine.add_events([ev])
         assert e.value.field == field
-    with pytest.raises(service.DataError, match="not valid Unicode"):
+    with pytest.raises(DataError, match="not valid Unicode"):
         engine.recommend(text="x\ud800")
 
 
@@ -368,7 +368,7 @@ def test_rating_scale_and_clock_skew_are_config(ds, tmp_path):
     ok = {"user_id": "u0", "item_id": "s1", "type": "rating", "value": 5, "timestamp": time.time() + 3600}
     assert e.add_events([ok])["stored"] == 1
     for bad in ({"value": 0}, {"value": 6}, {"timestamp": time.time() + 3 * 3600}):
-        with pytest.raises(service.DataError):
+        with pytest.raises(DataError):
             e.add_events([{**ok, **bad}])
     e.store.close()
     with pytest.raises(ConfigError, match="rating_min"):

@@ -4,6 +4,7 @@ beam is wide enough (checked against scoring every item), deterministic, banned 
 import numpy as np
 import pytest
 
+from llmrec.errors import DataError
 from llmrec.trie import Trie, beam_search, greedy_unconstrained
 
 VOCAB = 12
@@ -112,13 +113,14 @@ def test_renormalized_scores_are_log_probs_over_allowed_tokens():
 
 
 def test_trie_rejects_collisions_and_prefixes():
-    with pytest.raises(ValueError, match="same token sequence"):
+    """The project's DataError (the command line's exit 2 and one line), not a ValueError traceback."""
+    with pytest.raises(DataError, match="same token sequence"):
         Trie([(1, 2), (1, 2)])
-    with pytest.raises(ValueError, match="prefix"):
+    with pytest.raises(DataError, match="prefix"):
         Trie([(1, 2, 3), (1, 2)])
-    with pytest.raises(ValueError, match="prefix-free"):
+    with pytest.raises(DataError, match="prefix-free"):
         Trie([(1, 2), (1, 2, 3)])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         Trie([()])
 
 

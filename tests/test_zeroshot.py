@@ -166,7 +166,7 @@ def test_bad_config_values():
         models.get("zero-shot", encoderr="minilm")
 
 
-# -- real encoders: cold start, new users, the founding scenario, the CLI --------------------------------
+# -- real encoders: cold start, new users, the Chinese scenario, the CLI --------------------------------
 @pytest.fixture(scope="module")
 def zs(topics):
     return models.get("zero-shot", encoder="minilm-onnx").fit(topics, progress=False)
@@ -205,12 +205,29 @@ def test_new_item_by_text_alone_is_recommendable_at_once(topics, tmp_path):
 
 
 @pytest.mark.slow
-def test_founding_scenario_through_the_recommender():
+def test_chinese_scenario_through_the_recommender():
     cat = Catalog.from_frame(pd.DataFrame({"item_id": [f"i{i}" for i in range(15)],
                                            "title": SCENARIO_GOOD + SCENARIO_BAD}))
     m = models.get("zero-shot", encoder="multilingual").fit_catalog(cat, progress=False)
     recs = m.recommend_text([SCENARIO_QUERY], k=4)
     assert set(recs.item_ids[0]) == {"i0", "i1", "i2", "i3"}
+
+
+@pytest.mark.slow
+def test_cli_chinese_profile_over_a_chinese_english_catalogue_with_the_default_encoder(tmp_path, capsys):
+    """`llmrec recommend --items F --text "我最近喜欢看科幻电影和编程书籍"` with no --encoder: the catalogue's
+    CJK text picks the multilingual encoder (said on stderr), and the sci-fi films and programming books
+    come first (MiniLM, the old default, put a romance novel, a gardening book and a wok there)."""
+    english = ["A romance novel for the beach", "Garden tools for beginners", "A carbon steel wok",
+               "Easy weeknight cookbook", "A mechanical keyboard"]
+    titles = SCENARIO_GOOD + SCENARIO_BAD + english
+    p = tmp_path / "zh.csv"
+    pd.DataFrame({"item_id": [f"i{i}" for i in range(len(titles))], "title": titles}).to_csv(p, index=False)
+    rc = cli.main(["recommend", "--items", str(p), "--text", SCENARIO_QUERY, "-k", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "encoder use-multilingual" in err
+    assert {it["item_id"] for it in json.loads(out)["items"]} == {"i0", "i1", "i2", "i3"}
 
 
 @pytest.fixture
@@ -236,8 +253,8 @@ def test_cli_recommend_free_text_on_a_bare_catalogue(catalog_file, capsys):
 
 @pytest.mark.slow
 def test_service_serves_zero_shot_from_a_bare_catalogue(catalog_file, tmp_path):
-    from llmrec import service
-    model, source = service.load_source(items=str(catalog_file), model="zero-shot")
+    from llmrec import pipeline, service
+    model, source = pipeline.obtain(items=str(catalog_file), model="zero-shot")
     engine = service.open_engine(model, tmp_path / "state", source)
     try:
         out = engine.recommend(text="a science fiction film about aliens", k=1, explain=True)
@@ -276,7 +293,7 @@ def test_cli_tags_command(catalog_file, tmp_path, capsys):
 def test_auto_encoder_chosen_once_and_saved_with_index(topics, tmp_path, monkeypatch):
     """``encoder=auto`` picks by catalogue size at fit and the checkpoint keeps that choice (queries must
     use the catalogue's encoder); an approximate index is saved beside it and loaded, not rebuilt."""
-    monkeypatch.setattr(encoders, "auto", lambda n: "test-bow" if n == len(topics.catalog) else "nope")
+    monkeypatch.setattr(encoders, "auto", lambda n, texts=None: "test-bow" if n == len(topics.catalog) else "nope")
     m = models.get("zero-shot", cache=False, index="ivf").fit(topics, progress=False)
     assert m.encoder_name == "test-bow" and m.benchmark_extra()["encoder"] == "test-bow"
     users = list(topics.users.ids()[:5])

@@ -71,30 +71,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed for models that use one")
 
 
-def load_data(args: argparse.Namespace):
-    from . import data, datasets
+def data_options(args: argparse.Namespace) -> dict:
+    """The data options given, as ``pipeline.load_data`` takes them (cleaning included)."""
+    from .data import LOG_COLUMNS
     from .io import parse_column_map
-    if args.dataset and args.interactions:
-        raise LLMRecError("pass either --dataset or --interactions, not both")
-    if args.dataset:
-        ds = datasets.load(args.dataset)
-    elif args.interactions:
-        ds = data.load_files(args.interactions, args.items,
-                             interaction_columns=parse_column_map(args.columns, data.LOG_COLUMNS),
-                             item_columns=parse_column_map(args.item_columns),
-                             unknown_items=args.unknown_items)
-    else:
+    return {"dataset": args.dataset, "interactions": args.interactions, "items": args.items,
+            "columns": parse_column_map(args.columns, LOG_COLUMNS),
+            "item_columns": parse_column_map(args.item_columns), "unknown_items": args.unknown_items,
+            "cleaning": cleaning_options(args)}
+
+
+def load_data(args: argparse.Namespace):
+    from . import pipeline
+    if not (args.dataset or args.interactions):
         raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
-    return clean_loaded(ds, args)
-
-
-def clean_loaded(ds, args: argparse.Namespace):
-    """``ds`` cleaned as the options say; errors in a log file name its line."""
-    from .io import line_of_row
-    path = str(args.interactions) if args.interactions else None
-    # rows still match the file's unless unknown items were dropped
-    locate = (lambda row: line_of_row(path, row)) if path and args.unknown_items != "drop" else None
-    return _clean(ds, cleaning_options(args), path=path, locate=locate)
+    return pipeline.load_data(**data_options(args), quiet=False)
 
 
 def cleaning_options(args: argparse.Namespace) -> dict:
@@ -104,31 +95,22 @@ def cleaning_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in opts.items() if v not in (None, "keep")}
 
 
-def _clean(ds, opts: dict, path: str | None = None, locate=None):
-    from . import clean
-    ds, reports = clean.apply(ds, duplicates=opts.get("duplicates", "keep"), rating_floor=opts.get("min_rating"),
-                              k=opts.get("k_core"), path=path, locate=locate)
-    if reports:
-        ds.meta["cleaning"] = [str(r) for r in reports]
-        for r in reports:
-            print(f"llmrec: {r}", file=sys.stderr)
-    return ds
-
-
 def build_model(args: argparse.Namespace):
-    from . import models
+    from . import pipeline
     from .config import parse_overrides
-    overrides = parse_overrides(args.overrides)
-    args.model = args.model or ("zero-shot" if getattr(args, "text", None) else "itemknn")
-    cls = models.get_class(args.model)
-    fields = set(getattr(cls.Config, "__dataclass_fields__", {}))
-    if args.seed is not None and "seed" in fields:
-        overrides.setdefault("seed", args.seed)
-    if getattr(args, "encoder", None):
-        if "encoder" not in fields:
-            raise LLMRecError(f"model {args.model!r} uses no text encoder; --encoder works with zero-shot")
-        overrides["encoder"] = args.encoder
-    return models.get(args.model, overrides)
+    return pipeline.build(args.model, parse_overrides(args.overrides), encoder=args.encoder, seed=args.seed,
+                          text=getattr(args, "text", None) is not None)
+
+
+def obtain(args: argparse.Namespace, default_dataset: str | None = None, text: bool = False):
+    """The model this command answers with (a checkpoint, or a model fitted on the data options) and
+    where it came from: ``pipeline.obtain`` over the options."""
+    from . import pipeline
+    from .config import parse_overrides
+    return pipeline.obtain(model_dir=args.model_dir, model=args.model, overrides=parse_overrides(args.overrides),
+                           encoder=args.encoder, seed=args.seed, text=text,
+                           progress=not getattr(args, "json", False), default=default_dataset,
+                           **data_options(args))
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -173,17 +155,12 @@ def _split(args, ds):
     return split.leave_one_out(ds) if args.split == "loo" else split.temporal(ds)
 
 
-def _load_checkpoint_data(args, model):
-    """The data a checkpoint is evaluated on: --dataset/--interactions if given, else the one it names."""
-    from . import datasets
-    if args.dataset or args.interactions:
-        ds = load_data(args)
-    else:
-        name = model.card.get("dataset")
-        if not name:
-            raise LLMRecError("the checkpoint names no data set: pass --dataset or --interactions")
-        # cleaned as it was for training (the card keeps the options), unless other options are given
-        ds = _clean(datasets.load(name), cleaning_options(args) or model.card.get("cleaning_options", {}))
+def _checkpoint_data(args, model):
+    """The data a checkpoint is evaluated on: --dataset/--interactions if given, else the data its card
+    names (a named data set or the files it was trained on, cleaned as they were)."""
+    from . import pipeline
+    ds = load_data(args) if args.dataset or args.interactions else \
+        pipeline.checkpoint_data(model, cleaning_options(args))
     if len(ds.catalog) != len(model.catalog) or list(ds.catalog.ids.ids()) != list(model.catalog.ids.ids()):
         raise LLMRecError(f"the checkpoint was trained on another catalogue ({len(model.catalog)} items) "
                           f"than data set {ds.name!r} ({len(ds.catalog)} items)")
@@ -191,38 +168,27 @@ def _load_checkpoint_data(args, model):
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
-    from . import evaluate
-    from .models import load_model
+    from . import evaluate, pipeline
     ds = load_data(args)
     sp = _split(args, ds)
     model = build_model(args)
-    out = Path(args.out)
-    if getattr(model, "supports_resume", False):
-        model.checkpoint_dir = out
-    t0 = time.perf_counter()
-    model.fit(ds, sp, progress=not args.json)
-    fit_s = time.perf_counter() - t0
-    valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="valid",
-                              progress=not args.json)
-    test = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="test",
-                             progress=not args.json)
-    card = {"dataset": ds.name, "protocol": test.protocol, "valid_metrics": valid.metrics,
-            "test_metrics": test.metrics, "fit_seconds": round(fit_s, 2)}
-    if ds.meta.get("cleaning"):
-        card.update(cleaning=ds.meta["cleaning"], cleaning_options=cleaning_options(args))
-    card.update(getattr(model, "card_extra", lambda: {})())
-    model.set_histories(ds.histories())  # serve from everything known, not the train split alone
-    model.save(out, card=card)
-    load_model(out)  # the checkpoint must load back
-    res = {"dataset": ds.name, "model": model.name, "out": str(out), "fit_seconds": round(fit_s, 2),
-           "protocol": test.protocol, "valid_metrics": valid.metrics, "metrics": test.metrics}
+    res: dict = {}
+
+    def measure(m) -> dict:
+        valid = evaluate.evaluate(m, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="valid",
+                                  progress=not args.json)
+        res["test"] = test = evaluate.evaluate(m, sp, ds.n_users, ds.n_items, ks=(10, 20), stage="test",
+                                               progress=not args.json)
+        return {"protocol": test.protocol, "valid_metrics": valid.metrics, "test_metrics": test.metrics}
+
+    card = pipeline.fit_card_save(model, ds, sp, args.out, progress=not args.json, measure=measure)
+    out = {"dataset": ds.name, "model": model.name, "out": str(args.out), "fit_seconds": card["fit_seconds"],
+           "protocol": card["protocol"], "valid_metrics": card["valid_metrics"], "metrics": card["test_metrics"]}
     if args.json:
-        _print_json(res)
+        _print_json(out)
     else:
-        print(f"trained {model.name} on {ds.name} in {fit_s:.1f}s -> {out}")
-        print(test.table())
+        print(f"trained {model.name} on {ds.name} in {card['fit_seconds']:.1f}s -> {args.out}")
+        print(res["test"].table())
     return 0
 
 
@@ -232,7 +198,7 @@ def cmd_evaluate(args) -> int:
     if args.model_dir:
         from .models import load_model
         model = load_model(args.model_dir)
-        ds = _load_checkpoint_data(args, model)
+        ds = _checkpoint_data(args, model)
         sp = _split(args, ds)
         fit_s = 0.0
     else:
@@ -279,24 +245,11 @@ def _print_because(expl: dict) -> None:
 
 def cmd_recommend_text(args) -> int:
     """Free text (a profile), optionally mixed with a known user's history; works on a bare catalogue."""
-    from .data import load_catalog
-    from .io import parse_column_map
-    if args.model_dir:
-        from .models import load_model
-        model = load_model(args.model_dir)
-    elif args.dataset or args.interactions:
-        model = build_model(args)
-        model.fit(load_data(args), progress=not args.json)
-    elif args.items:
-        model = build_model(args)
-        if not hasattr(model, "fit_catalog"):
-            raise LLMRecError(f"model {model.name!r} needs an interaction log; with --items alone use "
-                              "--model zero-shot")
-        model.fit_catalog(load_catalog(args.items, parse_column_map(args.item_columns)),
-                          progress=not args.json)
-    else:
+    from .models import TextQueries
+    if not (args.model_dir or args.dataset or args.interactions or args.items):
         raise LLMRecError("no catalogue: pass --items FILE (or --dataset / --model-dir)")
-    if not hasattr(model, "recommend_text"):
+    model, _ = obtain(args, text=True)
+    if not isinstance(model, TextQueries):
         raise LLMRecError(f"model {model.name!r} cannot recommend for free text; use --model zero-shot")
     hist = [list(model.catalog.ids.ids(model.history_of(args.user)))] if args.user else None
     recs = model.recommend_text([args.text], k=args.k, histories=hist, explain=args.explain)
@@ -305,7 +258,7 @@ def cmd_recommend_text(args) -> int:
         _print_json({"text": args.text, "user_id": args.user, "model": model.name, "items": items})
     else:
         print(f"profile: {args.text!r}" + (f" + history of user {args.user}" if args.user else "")
-              + f"; model {model.name} ({getattr(model.config, 'encoder', '')})")
+              + f"; model {model.name} ({model.card_extra().get('encoder', '')})")
         _print_items(items, args.explain)
     return 0
 
@@ -315,13 +268,9 @@ def cmd_recommend(args) -> int:
         return cmd_recommend_text(args)
     if not args.user:
         raise LLMRecError("pass --user ID (a known user) or --text \"...\" (a free-text profile)")
-    if args.model_dir:
-        from .models import load_model
-        model = load_model(args.model_dir)
-    else:
-        ds = load_data(args)
-        model = build_model(args)
-        model.fit(ds, progress=not args.json)
+    if not (args.model_dir or args.dataset or args.interactions):
+        raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    model, _ = obtain(args)
     recs = model.recommend(users=[args.user], k=args.k, explain=args.explain)
     items = recs.records(model.catalog)
     if args.json:
@@ -350,7 +299,7 @@ def cmd_tags(args) -> int:
     from .io import parse_column_map
     catalog = load_catalog(args.items, parse_column_map(args.item_columns))
     vocab = text.load_vocabulary(args.vocab)
-    enc = encoders.cached(args.encoder or "minilm")
+    enc = encoders.cached(args.encoder or encoders.auto(len(catalog), catalog.titles()))
     tagged, n = text.tag_catalog(catalog, vocab, enc, k=args.k, min_similarity=args.min_similarity,
                                  only_missing=not args.all)
     text.write_catalog(tagged, args.out)
@@ -381,7 +330,7 @@ def cmd_demo(args) -> int:
         because = ", ".join(b["title"] for b in it["explanation"]["because"][:2])
         print(f"{rank:>3}. {it['title']:<45} score {it['score']:.3f}  because: {because}")
     print(f"\na new user, no history, says: {args.text!r}")
-    zs = models.get("zero-shot", encoder="minilm-onnx").fit_catalog(ds.catalog)
+    zs = models.get("zero-shot").fit_catalog(ds.catalog)  # encoder auto: minilm-onnx for this catalogue
     _print_items(zs.recommend_text([args.text], k=5, explain=True).records(zs.catalog), explain=True)
     return 0
 
@@ -399,26 +348,10 @@ def _service_config(args):
 
 def _engine(args):
     """The engine ``serve`` and ``retrain`` run: a checkpoint, or a model fitted on the data options (the
-    same options, cleaning included, as the other commands; default ml-100k)."""
-    from . import data, service
-    from .io import parse_column_map
+    same options, cleaning included, as the other commands; default model zero-shot, data ml-100k)."""
+    from . import pipeline, service
     config = _service_config(args)  # bad options fail before the model loads
-    progress = not getattr(args, "json", False)
-    if args.model_dir:
-        if args.model or args.encoder or args.overrides:
-            raise LLMRecError("pass either --model-dir or --model / --encoder / --set, not both: a checkpoint "
-                              "is its model")
-        model, source = service.load_source(dataset=args.dataset, items=args.items,
-                                            interactions=args.interactions, model_dir=args.model_dir)
-    else:
-        args.model = args.model or service.default_model_name()
-        model = build_model(args)
-        ds, source = service.load_data(dataset=args.dataset, items=args.items, interactions=args.interactions,
-                                       columns=parse_column_map(args.columns, data.LOG_COLUMNS),
-                                       item_columns=parse_column_map(args.item_columns),
-                                       unknown_items=args.unknown_items, progress=progress)
-        ds = clean_loaded(ds, args)
-        model, source = service.fit_model(model, ds, progress), f"{source} [{model.name}]"
+    model, source = obtain(args, default_dataset=pipeline.DEFAULT_DATASET, text=True)
     data_dir = args.data_dir or service.default_data_dir(source)
     return service.open_engine(model, data_dir, source, config), data_dir
 
@@ -474,6 +407,16 @@ def cmd_retrain(args) -> int:
 
 
 # -- parser -----------------------------------------------------------------------------------------
+def _model_command(sub, name: str, help_: str, func: Handler) -> argparse.ArgumentParser:
+    """A command over data and a model: the data, cleaning and model options, and --json."""
+    s = sub.add_parser(name, help=help_)
+    add_data_options(s)
+    add_model_options(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=func)
+    return s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmrec", description="Recommendations made by language models.")
     p.add_argument("--version", action="version", version=f"llmrec {__version__}")
@@ -495,34 +438,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
 
-    s = sub.add_parser("train", help="train a model on the train split and save a checkpoint")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "train", "train a model on the train split and save a checkpoint", cmd_train)
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="fit a model and evaluate it (full ranking, leave-one-out)")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "evaluate", "fit a model and evaluate it (full ranking, leave-one-out)", cmd_evaluate)
     s.add_argument("--model-dir", help="evaluate a saved checkpoint instead of fitting --model")
     s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
     s.add_argument("--stage", choices=["test", "valid"], default="test")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("recommend", help="top-k items for a user")
-    add_data_options(s)
-    add_model_options(s)
+    s = _model_command(sub, "recommend", "top-k items for a user", cmd_recommend)
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
     s.add_argument("--user", help="external user id")
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("encoders", help="list the built-in text encoders")
     s.add_argument("--json", action="store_true")
@@ -533,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
     s.add_argument("--vocab", required=True, metavar="FILE", help="tag vocabulary, one tag a line")
     s.add_argument("--out", required=True, metavar="FILE", help="catalogue with tags (.csv/.tsv/.jsonl/.parquet)")
-    s.add_argument("--encoder", default=None, metavar="NAME", help="text encoder (default minilm)")
+    s.add_argument("--encoder", default=None, metavar="NAME",
+                   help="text encoder (default: by the catalogue's language and size, as zero-shot's auto)")
     s.add_argument("-k", type=int, default=3, help="tags per item (default 3)")
     s.add_argument("--min-similarity", type=float, default=0.0)
     s.add_argument("--all", action="store_true", help="re-tag items that already have tags")
@@ -552,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--model-dir", help="serve a saved checkpoint")
         add_data_options(s, required=False)  # default: ml-100k
-        add_model_options(s)  # default model: zero-shot if installed, else itemknn
+        add_model_options(s)  # default model: zero-shot
         s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
                                           "under the user data folder)")
         s.add_argument("--rating-scale", default="0:10", metavar="MIN:MAX",

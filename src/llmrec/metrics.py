@@ -21,24 +21,23 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
 
 def ndcg(ranks: np.ndarray, k: int) -> float:
     """Mean of 1 / log2(rank + 2) over users whose target is in the top ``k`` (0 otherwise)."""
-    r = _ranks(ranks)
-    if not len(r):
-        return 0.0
-    gains = np.zeros(len(r))
-    hit = r < k
-    gains[hit] = 1.0 / np.log2(r[hit] + 2.0)
-    return float(gains.mean())
+    return _mean_gain(ranks, k, lambda r: 1.0 / np.log2(r + 2.0))
 
 
 def mrr(ranks: np.ndarray, k: int) -> float:
     """Mean reciprocal rank, cut at ``k``."""
+    return _mean_gain(ranks, k, lambda r: 1.0 / (r + 1.0))
+
+
+def _mean_gain(ranks: np.ndarray, k: int, gain) -> float:
+    """Mean over users of ``gain(rank)`` for a target in the top ``k``, 0 for the others."""
     r = _ranks(ranks)
     if not len(r):
         return 0.0
-    rr = np.zeros(len(r))
+    out = np.zeros(len(r))
     hit = r < k
-    rr[hit] = 1.0 / (r[hit] + 1.0)
-    return float(rr.mean())
+    out[hit] = gain(r[hit])
+    return float(out.mean())
 
 
 def coverage(topk: np.ndarray, n_items: int, k: int) -> float:
@@ -101,6 +100,33 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     for r in np.flatnonzero(flat):
         ids[r] = _row_top_k(scores[r], k, bound[r])
     return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+def top_k_excluding(scores: np.ndarray, k: int, exclude: list[np.ndarray] | None = None,
+                    candidates: np.ndarray | None = None, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The one top-k with exclusion and padding: per row of ``scores`` [b, n], the ``k`` best item
+    indices int64 [b, k] and scores float32 [b, k], best first, ties to the lower index (``top_k``).
+    ``exclude[b]``: indices row b never returns; ``candidates``: bool [n] of the items allowed. Slots
+    with nothing left to return (k > allowed items) hold id -1 and score -inf. ``copy=False`` lets the
+    exclusions be written into ``scores`` itself."""
+    scores = np.array(scores, dtype=np.float32, copy=True) if copy else np.asarray(scores, np.float32)
+    for b, e in enumerate(exclude or ()):
+        scores[b, e] = -np.inf
+    if candidates is not None:
+        scores[:, ~np.asarray(candidates, bool)] = -np.inf
+    return pad_top_k(*top_k(scores, k), k)
+
+
+def pad_top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A top-k answer (ids [b, <= k], scores) with -inf entries and missing slots as id -1 / score -inf,
+    widened to k columns: int64 [b, k], float32 [b, k]."""
+    ids, scores = np.asarray(ids, np.int64).copy(), np.asarray(scores, np.float32)
+    ids[~np.isfinite(scores) | (ids < 0)] = -1
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.concatenate([ids, np.full((len(ids), pad), -1, np.int64)], 1)
+        scores = np.concatenate([scores, np.full((len(scores), pad), -np.inf, np.float32)], 1)
+    return ids, scores
 
 
 def _row_top_k(row: np.ndarray, k: int, bound: float = np.nan) -> np.ndarray:

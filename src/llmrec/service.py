@@ -11,22 +11,21 @@ No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module
 Concurrency: reads (recommendations, text queries) share the model; only swapping it (an item upsert, a
 retrain) waits for them and excludes them, so a slow text query never holds up the others.
 
-Models speak more than the base protocol when they can: a model with ``add_items(rows: DataFrame)`` embeds
-new items' text itself (and updates its ``catalog``); a model with ``recommend_text(text, k, exclude,
-candidates, explain) -> Recommendations`` or a ``recommend(texts=...)`` parameter answers free-text queries.
-Other models still get new items in their catalogue (they score them 0) and refuse text queries clearly.
+The engine owns each user's history: it takes the model's at start (``Recommender.take_histories``) and
+passes a query's history in with it, so forgetting a user happens in one place. Models declare what they
+can do beyond the base protocol (``llmrec.models.base``): an ``AddsItems`` model embeds new items' text
+itself, a ``TextQueries`` model answers free-text queries. Other models still get new items in their
+catalogue (``upsert_catalog``: they score them 0) and refuse text queries clearly.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
 import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,21 +33,28 @@ import numpy as np
 import pandas as pd
 
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
-from .errors import ConfigError, DataError, LLMRecError, UnknownNameError
-from .models import Recommender
+from .errors import ConfigError, LLMRecError
+from .models import AddsItems, Recommender, TextQueries
+from .rwlock import ReadWriteLock
 from .store import Event, Store
+from .validation import (
+    EVENT_TYPES,
+    MAX_BATCH,
+    MAX_FIELD,
+    MAX_FILTER_VALUES,
+    MAX_HISTORY,
+    MAX_K,
+    MAX_TEXT,
+    Unsupported,
+    check_id,
+    check_unicode,
+    field_error,
+    not_found,
+    number,
+)
 
-EVENT_TYPES = ("view", "click", "like", "purchase", "dislike", "rating")
-MAX_K = 100
-MAX_HISTORY = 5000
-MAX_TEXT = 2000
-MAX_BATCH = 1000
-MAX_ID = 256
-MAX_FIELD = 10_000
-MAX_FILTER_VALUES = 50
 ERASURE_RETRY_S = 1.0
 EMPTY = np.zeros(0, dtype=np.int64)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass
@@ -62,24 +68,6 @@ class _Query:
     mask: np.ndarray | None
     head: dict
     group: tuple
-
-
-class Unsupported(LLMRecError):
-    """The served model cannot do what was asked (e.g. a free-text query to itemknn)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
-def field_error(field: str, message: str) -> DataError:
-    return DataError(message, field=field)
-
-
-def not_found(kind: str, name: object, field: str) -> UnknownNameError:
-    e = UnknownNameError(kind, name)
-    e.field = field
-    return e
 
 
 @dataclass(frozen=True)
@@ -108,73 +96,11 @@ class ServiceConfig:
             raise ConfigError(f"ServiceConfig.max_clock_skew: must be >= 0, got {self.max_clock_skew}")
 
 
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer goes before readers who come after it (so a stream of
-    queries cannot starve an upsert). The standard library has no such lock."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writing = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self):
-        self._acquire_read()
-        try:
-            yield
-        finally:
-            self._release_read()
-
-    @contextmanager
-    def write(self):
-        self._acquire_write()
-        try:
-            yield
-        finally:
-            self._release_write()
-
-    def _acquire_read(self):
-        with self._cond:
-            while self._writing or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-
-    def _release_read(self):
-        with self._cond:
-            self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
-
-    def _acquire_write(self):
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writing or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writing = True
-
-    def _release_write(self):
-        with self._cond:
-            self._writing = False
-            self._cond.notify_all()
-
-
-def default_model_name() -> str:
-    """The zero-shot text model when it is registered, else itemknn."""
-    from . import models
-    for name in ("zero-shot", "llm-zero-shot"):
-        if name in models.names():
-            return name
-    return "itemknn"
-
-
 class Engine:
     """A fitted model + a store + each user's current history. Thread-safe."""
 
     def __init__(self, model: Recommender, store: Store, config: ServiceConfig | None = None,
                  source: str = ""):
-        model._check_fitted()
         self.model, self.store = model, store
         self.config = config or ServiceConfig()
         self.source = source
@@ -196,13 +122,9 @@ class Engine:
         known = self.store.get_meta("source")
         if known is None and self.source:
             self.store.set_meta("source", self.source)
-        m = self.model
-        forgotten = self.store.forgotten_among(m.users.ids())
-        for i, uid in enumerate(m.users.ids()):
-            if uid in forgotten:
-                m._histories[i] = EMPTY
-            else:
-                self._hist[uid] = np.asarray(m._histories[i], dtype=np.int64)
+        base = self.model.take_histories()  # the engine is their one owner from here on
+        forgotten = self.store.forgotten_among(list(base))
+        self._hist = {uid: h for uid, h in base.items() if uid not in forgotten}
         items = self.store.items()
         if items:
             self._upsert_catalog(items)
@@ -259,8 +181,7 @@ class Engine:
                 if not (v is None or (isinstance(v, float) and math.isnan(v)))}
 
     def supports_text(self) -> bool:
-        m = self.model
-        return hasattr(m, "recommend_text") or "texts" in inspect.signature(m.recommend).parameters
+        return isinstance(self.model, TextQueries)
 
     def recommend(self, *, user_id: str | None = None, history: list | None = None,
                   text: str | None = None, k: int = 10, filters: dict | None = None,
@@ -322,7 +243,7 @@ class Engine:
                 raise field_error("text", "text must be a non-empty string")
             if len(text) > MAX_TEXT:
                 raise field_error("text", f"text is longer than {MAX_TEXT} characters")
-            _check_unicode(text, "text")
+            check_unicode(text, "text")
             recs = self._recommend_text(text, k, excl, mask, explain)
             return {"model": self.model.name, "items": recs.records(self.model.catalog)}
         head: dict = {}
@@ -343,10 +264,8 @@ class Engine:
     def _recommend_text(self, text, k, excl, mask, explain):
         m, cat = self.model, self.model.catalog
         exclude_ids = list(cat.ids.ids(excl)) if len(excl) else None
-        if hasattr(m, "recommend_text"):
-            return m.recommend_text(text, k=k, exclude=exclude_ids, candidates=mask, explain=explain)
-        if "texts" in inspect.signature(m.recommend).parameters:
-            return m.recommend(texts=[text], k=k, exclude=exclude_ids, candidates=mask, explain=explain)
+        if isinstance(m, TextQueries):
+            return m.recommend_text([text], k=k, exclude=exclude_ids, candidates=mask, explain=explain)
         raise Unsupported(f"field 'text': model {m.name!r} cannot recommend for free text; serve a "
                           "text model (e.g. the zero-shot model) or send user_id or history", "text")
 
@@ -374,7 +293,7 @@ class Engine:
                 raise field_error(f"filters.{name}", f"expected a text value or a list of 1 to "
                                   f"{MAX_FILTER_VALUES} text values")
             for v in values:
-                _check_unicode(str(v), f"filters.{name}")
+                check_unicode(str(v), f"filters.{name}")
             key = (self._catalog_version, name, tuple(sorted(str(v).strip().casefold() for v in values)))
             m = self._masks.get(key)
             if m is None:
@@ -422,7 +341,7 @@ class Engine:
         cfg = self.config
         value = e.get("value")
         if value is not None:
-            value = _number(value, f"{where}.value", "a number")
+            value = number(value, f"{where}.value", "a number")
             if not cfg.rating_min <= value <= cfg.rating_max:
                 raise field_error(f"{where}.value", f"{value:g} is outside the rating scale "
                                   f"{cfg.rating_min:g} to {cfg.rating_max:g}")
@@ -434,7 +353,7 @@ class Engine:
         if ts is None:
             ts = now
         else:
-            ts = _number(ts, f"{where}.timestamp", "seconds since 1970")
+            ts = number(ts, f"{where}.timestamp", "seconds since 1970")
             if ts < 0:
                 raise field_error(f"{where}.timestamp", f"{ts:g} is before 1970 (expected seconds since 1970)")
             if ts > now + cfg.max_clock_skew:
@@ -473,9 +392,6 @@ class Engine:
             n, erased = self.store.forget_user(user_id)
             self._hist.pop(user_id, None)
             self._disliked.pop(user_id, None)
-            m = self.model
-            if user_id in m.users:  # the model's copy of the base history goes too
-                m._histories[m.users.index(user_id)] = EMPTY
         if not erased:
             self._retry_erasure()
         return {"user_id": user_id, "deleted": True, "events_deleted": n, "erased": erased}
@@ -516,7 +432,7 @@ class Engine:
                 v = str(v)
                 if len(v) > MAX_FIELD:
                     raise field_error(k, f"longer than {MAX_FIELD} characters")
-                _check_unicode(v, k)
+                check_unicode(v, k)
             given[k] = v
         with self._write_lock:  # the model lock only around the catalogue swap, not the disk write
             created = item_id not in self.catalog.ids
@@ -531,15 +447,15 @@ class Engine:
             self.store.upsert_items([row])
             self._upsert_catalog([row])
         return {"item_id": item_id, "created": created,
-                "scored_by_text": hasattr(self.model, "add_items")}
+                "scored_by_text": isinstance(self.model, AddsItems)}
 
     def _upsert_catalog(self, rows: list[dict]) -> None:
         frame = pd.DataFrame(rows)
         with self._model_lock.write():
-            if hasattr(self.model, "add_items"):
+            if isinstance(self.model, AddsItems):
                 self.model.add_items(frame)
             else:
-                self.model.catalog, _ = self.model.catalog.upsert(frame)
+                self.model.upsert_catalog(frame)
             self._catalog_version += 1
             self._masks.clear()
 
@@ -568,123 +484,31 @@ class Engine:
         t0 = time.perf_counter()
         fresh = models.get(self.model.name, self.model.config).fit(ds, progress=progress)
         fit_s = time.perf_counter() - t0
+        if out is not None:
+            # saved with each user's current history: a user forgotten while fitting (and perhaps back with
+            # new events) keeps nothing of the snapshot's history
+            with self._write_lock:
+                current = [self._hist.get(uid, EMPTY) for uid in fresh.users.ids()]
+            fresh.set_histories(current)
+            fresh.save(out, card={"dataset": ds.name, "trained_on": "service snapshot",
+                                  "interactions": int(len(ds.interactions))})
+        fresh.take_histories()  # the engine keeps owning them
         with self._write_lock, self._model_lock.write():
-            # the model's copy of each history is the current one: a user forgotten while fitting (and
-            # perhaps back with new events) keeps nothing of the snapshot's history
-            fresh.set_histories([self._hist.get(uid, EMPTY) for uid in fresh.users.ids()])
             # items added or replaced while fitting are not in ``fresh``: keep serving the old model then
             swapped = self._catalog_version == version
             if swapped:
                 self.model = fresh
                 self._catalog_version += 1
                 self._masks.clear()
-        if out is not None:
-            fresh.save(out, card={"dataset": ds.name, "trained_on": "service snapshot",
-                                  "interactions": int(len(ds.interactions))})
         return {"model": fresh.name, "swapped": swapped, "users": ds.n_users, "items": ds.n_items,
                 "interactions": int(len(ds.interactions)), "fit_seconds": round(fit_s, 3),
                 "out": None if out is None else str(out)}
 
 
-def check_id(x, field: str) -> str:
-    """An id as the service accepts it everywhere, paths included: a string (or an integer) of 1 to
-    ``MAX_ID`` characters, not blank, valid Unicode, with no control characters, and not "." or "..". Any
-    other character, ``/`` included, is allowed (percent-encode it in a URL)."""
-    if isinstance(x, bool) or not isinstance(x, (str, int)):
-        raise field_error(field, f"expected an id (a string), got {x!r}")
-    s = str(x)
-    if not s.strip():
-        raise field_error(field, "empty id")
-    if len(s) > MAX_ID:
-        raise field_error(field, f"id longer than {MAX_ID} characters")
-    _check_unicode(s, field)
-    if _CONTROL.search(s):
-        raise field_error(field, "an id may not contain control characters")
-    if s in (".", ".."):  # a URL path segment that clients resolve away: no route could reach it
-        raise field_error(field, f"{s!r} cannot be an id")
-    return s
-
-
-def _check_unicode(s: str, field: str) -> None:
-    """Refuse text that is not valid Unicode (a lone surrogate such as "\\ud800", which JSON can carry but
-    UTF-8 cannot store)."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise field_error(field, "not valid Unicode (a lone surrogate such as \\ud800)") from None
-
-
-def _number(x, field: str, what: str) -> float:
-    """A finite JSON number as float; huge integers (1 followed by 400 zeros) are refused, not an overflow."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise field_error(field, f"expected {what}, got {x!r}")
-    try:
-        v = float(x)
-    except OverflowError:
-        v = math.inf
-    if not math.isfinite(v):
-        shown = repr(x) if isinstance(x, float) else "an integer too large for a float"
-        raise field_error(field, f"expected {what}, a finite number, got {shown}")
-    return v
-
-
-# -- what to serve ------------------------------------------------------------------------------------
-def load_data(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
-              columns: dict[str, str] | None = None, item_columns: dict[str, str] | None = None,
-              unknown_items: str = "error", progress: bool = False) -> tuple[Dataset, str]:
-    """What to serve and a name for where it came from: your own files (``items`` and/or
-    ``interactions``, with column mappings), a named data set, or by default ml-100k."""
-    from . import data, datasets
-    if dataset and (items or interactions):
-        raise LLMRecError("pass either --dataset or --items/--interactions, not both")
-    if interactions:
-        ds = data.load_files(interactions, items, interaction_columns=columns, item_columns=item_columns,
-                             unknown_items=unknown_items)
-        return ds, f"files:{Path(interactions).resolve()}"
-    if items:
-        cat = data.load_catalog(items, item_columns)
-        ds = Dataset(Path(items).stem, cat, Interactions(EMPTY, EMPTY, np.zeros(0), np.zeros(0, np.float32)),
-                     IdMap(kind="user"))
-        return ds, f"items:{Path(items).resolve()}"
-    ds = datasets.load(dataset or "ml-100k", quiet=not progress)
-    return ds, ds.name
-
-
-def fit_model(model: Recommender, ds: Dataset, progress: bool = False) -> Recommender:
-    """``model`` fitted on everything in ``ds``, to serve; a catalogue without a log is enough for a text
-    model, and a model that needs a log says so."""
-    try:
-        return model.fit(ds, progress=progress)
-    except DataError as e:
-        if not len(ds.interactions):
-            raise LLMRecError(f"model {model.name!r} needs an interaction log ({e}); pass --interactions or "
-                              "serve a zero-shot text model") from None
-        raise
-
-
-def load_source(*, dataset: str | None = None, items: str | None = None, interactions: str | None = None,
-                model_dir: str | None = None, model: str | Recommender | None = None,
-                progress: bool = False, **data_options) -> tuple[Recommender, str]:
-    """The model to serve and a name for where it came from: a checkpoint (``model_dir``), or ``model`` (a
-    registered name, default ``default_model_name()``, or an unfitted model) fitted on ``load_data``'s data
-    (``data_options``: its column mappings and ``unknown_items``)."""
-    from . import models
-    if model_dir and (dataset or items or interactions):
-        raise LLMRecError("pass either --model-dir or data (--dataset / --items / --interactions), not both")
-    if model_dir:
-        if model is not None:
-            raise LLMRecError("pass either --model-dir or --model, not both: a checkpoint is its model")
-        return models.load_model(model_dir), f"model:{Path(model_dir).resolve()}"
-    m = models.get(model or default_model_name()) if model is None or isinstance(model, str) else model
-    ds, source = load_data(dataset=dataset, items=items, interactions=interactions, progress=progress,
-                           **data_options)
-    return fit_model(m, ds, progress), f"{source} [{m.name}]"
-
-
+# -- where to keep state -------------------------------------------------------------------------------
 def default_data_dir(source: str) -> Path:
     """``<user data dir>/llmrec/serve/<source slug>``: one store per thing served."""
     import hashlib
-    import re
 
     from platformdirs import user_data_dir
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.split(":")[-1].split("/")[-1])[:60].strip("_")

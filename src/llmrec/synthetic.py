@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .data import Catalog, Dataset, IdMap, Interactions
-from .errors import UnknownNameError
+from .errors import DataError, UnknownNameError
 
 TOPICS = [
     ("science fiction", ["space", "alien", "robot", "future", "galaxy", "time travel"]),
@@ -73,7 +73,7 @@ def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: flo
     walk), so the work never grows with users x items.
     """
     if n_users < 1 or n_items < 1:
-        raise ValueError("a synthetic data set needs at least one user and one item")
+        raise DataError("a synthetic data set needs at least one user and one item")
     if n_events is not None:
         mean_length = n_events / n_users
     rng = np.random.default_rng(seed)

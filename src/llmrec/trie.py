@@ -22,6 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .errors import DataError
+
 
 class Decoder(Protocol):
     def start(self) -> np.ndarray: ...
@@ -36,18 +38,18 @@ class Trie:
         seqs = [tuple(int(t) for t in s) for s in sequences]
         items = list(range(len(seqs))) if items is None else [int(i) for i in items]
         if len(items) != len(seqs):
-            raise ValueError("one item per sequence")
+            raise DataError("one item per sequence")
         self.children: list[dict[int, int]] = [{}]
         self.item: list[int] = [-1]  # item at a leaf, -1 inside
         self.parent: list[int] = [-1]
         self.leaf_of: dict[int, int] = {}
         for s, it in zip(seqs, items, strict=True):
             if not s:
-                raise ValueError(f"item {it} has an empty token sequence")
+                raise DataError(f"item {it} has an empty token sequence")
             node = 0
             for t in s:
                 if self.item[node] >= 0:
-                    raise ValueError(f"item {it}'s sequence extends item {self.item[node]}'s: "
+                    raise DataError(f"item {it}'s sequence extends item {self.item[node]}'s: "
                                      "sequences must be prefix-free (end each with an end token)")
                 nxt = self.children[node].get(t)
                 if nxt is None:
@@ -58,9 +60,9 @@ class Trie:
                     self.parent.append(node)
                 node = nxt
             if self.children[node]:
-                raise ValueError(f"item {it}'s sequence is a prefix of another item's")
+                raise DataError(f"item {it}'s sequence is a prefix of another item's")
             if self.item[node] >= 0:
-                raise ValueError(f"items {self.item[node]} and {it} have the same token sequence "
+                raise DataError(f"items {self.item[node]} and {it} have the same token sequence "
                                  "(disambiguate colliding titles first)")
             self.item[node] = it
             self.leaf_of[it] = node

@@ -7,7 +7,7 @@ from importlib import import_module
 from typing import Any
 
 from ..errors import UnknownNameError
-from .base import Recommendations, Recommender, load_model
+from .base import AddsItems, FitsCatalog, Recommendations, Recommender, TextQueries, load_model
 
 REGISTRY: dict[str, str] = {
     "popular": "llmrec.models.popular:Popular",
@@ -38,4 +38,5 @@ def get(name: str, config: dict[str, Any] | None = None, **overrides: Any) -> Re
     return get_class(name)(config, **overrides)
 
 
-__all__ = ["REGISTRY", "Recommendations", "Recommender", "get", "get_class", "load_model", "names"]
+__all__ = ["REGISTRY", "AddsItems", "FitsCatalog", "Recommendations", "Recommender", "TextQueries", "get", "get_class",
+           "load_model", "names"]

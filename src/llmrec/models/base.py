@@ -3,6 +3,11 @@
 A model is fitted on a Dataset (optionally with a Split, for validation-driven training) and scores raw
 histories: ``score_histories(list of int64 item-index arrays) -> float32 [b, n_items]``, higher is better.
 Everything public speaks external ids: ``recommend(users=...)`` or ``recommend(histories=...)``.
+
+Optional capabilities are declared, and callers check them with ``isinstance`` (never ``hasattr``):
+``TextQueries`` (free-text profiles: ``recommend_text``), ``AddsItems`` (new items scored from their text:
+``add_items``), ``FitsCatalog`` (fitted on a catalogue alone: ``fit_catalog``), and the class flag
+``supports_resume`` (training state kept in ``fit``'s ``checkpoint_dir`` and resumed from there).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -20,7 +25,7 @@ from .. import __version__
 from ..config import from_dict, to_dict
 from ..data import Catalog, Dataset, IdMap
 from ..errors import DataError, LLMRecError
-from ..metrics import top_k
+from ..metrics import pad_top_k, top_k_excluding
 from ..split import Split
 
 
@@ -59,6 +64,8 @@ class Recommender(ABC):
     # score_histories returns a new array that nothing else holds, so the caller (the evaluator) may
     # overwrite it in place; False (the default): the caller copies it first
     fresh_scores: ClassVar[bool] = False
+    # training state is written to fit's checkpoint_dir after each epoch, and a run started there resumes
+    supports_resume: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any):
         if config is None or isinstance(config, dict):
@@ -69,14 +76,21 @@ class Recommender(ABC):
         self.catalog: Catalog | None = None
         self.users: IdMap | None = None
         self._histories: list[np.ndarray] | None = None
+        # the folder holding this model's training state: fit's checkpoint_dir, or the checkpoint it was
+        # loaded from (saving elsewhere carries the state along); None = none
+        self.checkpoint_dir: Path | None = None
+        self.card: dict = {}
 
     # -- training -------------------------------------------------------------------------------
-    def fit(self, data: Dataset, split: Split | None = None, progress: bool = True) -> Recommender:
+    def fit(self, data: Dataset, split: Split | None = None, progress: bool = True,
+            checkpoint_dir: str | Path | None = None) -> Recommender:
         """Fit on ``split.train`` when a split is given (validation may drive early stopping),
-        else on all of ``data``'s interactions."""
+        else on all of ``data``'s interactions. ``checkpoint_dir``: where a model that
+        ``supports_resume`` keeps its training state and resumes from (others ignore it)."""
         train = split.train if split is not None else data.interactions
         if len(train) == 0:
             raise DataError(f"data set {data.name!r} has no training interactions")
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.catalog, self.users = data.catalog, data.users
         self._histories = train.histories(data.n_users)
         self._fit(data, train, split, progress)
@@ -109,6 +123,31 @@ class Recommender(ABC):
     def set_histories(self, histories: list[np.ndarray]) -> None:
         """Replace the known users' histories (e.g. with the full log before serving)."""
         self._histories = list(histories)
+
+    def take_histories(self) -> dict[str, np.ndarray]:
+        """The known users' histories (user id -> int64 item indices), handed over: the model keeps none
+        from now on (``history_of`` answers empty histories), so the caller is their one owner (the
+        service engine, which passes each query's history in and deletes a user in one place)."""
+        self._check_fitted()
+        out = {uid: np.asarray(h, np.int64) for uid, h in zip(self.users.ids(), self._histories)}
+        self.set_histories([np.zeros(0, np.int64)] * len(self.users))
+        return out
+
+    def upsert_catalog(self, rows: pd.DataFrame) -> np.ndarray:
+        """Add or replace items in the catalogue (a frame with ``item_id`` and text fields); returns their
+        indices. Histories and events may name them at once; a model that cannot score an item from its
+        text (not ``AddsItems``) scores the new ones 0 until it is retrained."""
+        self._check_fitted()
+        self.catalog, idx = self.catalog.upsert(rows)
+        return idx
+
+    def card_extra(self) -> dict:
+        """What the model card adds for this model (e.g. the training summary)."""
+        return {}
+
+    def benchmark_extra(self) -> dict:
+        """What a benchmark result adds for this model (e.g. the training history)."""
+        return {}
 
     def history_of(self, user: object) -> np.ndarray:
         self._check_fitted()
@@ -145,25 +184,18 @@ class Recommender(ABC):
                                   np.asarray(e, np.int64), everyone]) for h, e in zip(hist, rows)]
         found = self._search(hist, k, banned) if candidates is None else None
         if found is not None:
-            ids, top = found
+            ids, top = pad_top_k(*found, k)
         else:
-            scores = np.asarray(self.score_histories(hist), dtype=np.float32).copy()
-            for b, e in enumerate(banned):
-                scores[b, e] = -np.inf
-            if candidates is not None:
-                scores[:, ~candidates] = -np.inf
-            ids, top = top_k(scores, k)
-        ids = np.where(np.isfinite(top) & (ids >= 0), ids, 0)
-        ext = self.catalog.ids.ids(ids.ravel()).reshape(ids.shape)
-        ext[~np.isfinite(top)] = None
-        if ids.shape[1] < k:  # pad short catalogues
-            pad = k - ids.shape[1]
-            ext = np.concatenate([ext, np.full((len(hist), pad), None, dtype=object)], axis=1)
-            top = np.concatenate([top, np.full((len(hist), pad), -np.inf, np.float32)], axis=1)
+            scores = np.asarray(self.score_histories(hist), dtype=np.float32)
+            ids, top = top_k_excluding(scores, k, banned, candidates, copy=not self.fresh_scores)
+        ext = np.full(ids.shape, None, dtype=object)
+        ok = ids >= 0
+        ext[ok] = self.catalog.ids.ids(ids[ok])
         expl = None
-        if explain:
-            expl = [self.explain_items(h, ids[b]) for b, h in enumerate(hist)]
-        return Recommendations(ext, top.astype(np.float32), expl)
+        if explain:  # explanations for the items found; padding gets an empty one
+            expl = [self.explain_items(h, ids[b][ids[b] >= 0]) + [{}] * int((ids[b] < 0).sum())
+                    for b, h in enumerate(hist)]
+        return Recommendations(ext, top, expl)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self) -> dict[str, np.ndarray]:
@@ -254,4 +286,29 @@ def load_model(folder: str | Path) -> Recommender:
     model._histories = np.split(h["items"], np.cumsum(h["lengths"])[:-1]) if len(h["lengths"]) else []
     model._load_state(load_file(str(folder / "state.safetensors")), folder)
     model.card = meta.get("card", {})
+    model.checkpoint_dir = folder
     return model
+
+
+@runtime_checkable
+class TextQueries(Protocol):
+    """A model that recommends for free-text profiles (one per query), optionally mixed with histories."""
+
+    def recommend_text(self, texts: list[str], k: int = 10, histories: list[list] | None = None,
+                       exclude_seen: bool = True, exclude: list | None = None,
+                       candidates: np.ndarray | None = None, explain: bool = False) -> Recommendations: ...
+
+
+@runtime_checkable
+class AddsItems(Protocol):
+    """A model that scores new items from their text at once: ``add_items`` upserts them into its
+    ``catalog`` and returns their indices."""
+
+    def add_items(self, rows: pd.DataFrame) -> np.ndarray: ...
+
+
+@runtime_checkable
+class FitsCatalog(Protocol):
+    """A model that can be fitted on a catalogue alone, with no interaction log."""
+
+    def fit_catalog(self, catalog: Catalog, progress: bool = True) -> Recommender: ...

@@ -17,7 +17,6 @@ from it; the saved ensemble holds every member as a complete checkpoint in the s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -82,18 +81,14 @@ def member_configs(config: EnsembleConfig) -> list[dict[str, Any]]:
 
 
 def _train_member(name: str, cfg: dict, data, split, folder: str | None, in_worker: bool = False) -> dict:
-    """Fit one member (in a worker process or in this one); save it to ``folder`` when given."""
+    """Fit one member (in a worker process or in this one) through ``pipeline.fit_card_save``: its training
+    state kept in ``folder`` and the member saved there when given."""
+    from .. import pipeline
     from . import get
     model = get(name, cfg)
-    if folder is not None and getattr(model, "supports_resume", False):
-        model.checkpoint_dir = Path(folder)
-    t0 = time.perf_counter()
-    model.fit(data, split, progress=False)
-    fit_s = time.perf_counter() - t0
-    info = {"model": name, "config": to_dict(model.config), "fit_seconds": round(fit_s, 2),
-            **getattr(model, "card_extra", lambda: {})()}
-    if folder is not None:
-        model.save(folder, card=info)
+    card = pipeline.fit_card_save(model, data, split, folder, progress=False)
+    info = {"model": name, "config": to_dict(model.config), "fit_seconds": card["fit_seconds"],
+            **model.card_extra()}
     if in_worker:
         import resource
         info["worker_peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
@@ -111,7 +106,6 @@ class Ensemble(Recommender):
     name = "ensemble"
     Config = EnsembleConfig
     supports_resume = True
-    checkpoint_dir: Path | None = None
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -157,9 +151,6 @@ class Ensemble(Recommender):
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        if self.checkpoint_dir is not None:  # keep each member's training state when saved
-            for m, f in zip(self.members, folders):
-                m.checkpoint_dir = f
         self.member_info = [r["info"] for r in results]
         for m in self.members:
             m.set_histories(self._histories)
@@ -235,4 +226,4 @@ class Ensemble(Recommender):
             if len(m.catalog) != len(self.catalog):
                 raise LLMRecError(f"{folder}: a member has {len(m.catalog)} items, the ensemble "
                                   f"{len(self.catalog)}; the checkpoint is inconsistent")
-        self.member_info = [getattr(m, "card", {}) for m in self.members]
+        self.member_info = [m.card for m in self.members]

@@ -236,7 +236,6 @@ class SequentialRecommender(Recommender):
     """A causal transformer over item histories, trained with full softmax CE (subclasses give items)."""
 
     supports_resume = True
-    checkpoint_dir: Path | None = None
     loss: str = "full"          # the loss training used: full or sampled (resolve_loss)
 
     # -- what subclasses change ----------------------------------------------------------------

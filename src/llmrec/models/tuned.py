@@ -40,7 +40,6 @@ class TunedEncoder(Recommender):
     name = "tuned-encoder"
     Config = TunedEncoderConfig
     supports_resume = True
-    checkpoint_dir: Path | None = None
 
     def _fit(self, data, train, split, progress) -> None:
         c = self.config

@@ -11,9 +11,8 @@ User representations (config ``user``):
 
 Scores: similarity(user vector, item vectors) with ``metric`` cosine | dot | euclidean (-distance).
 
-Encoder ``auto`` (the default) picks by catalogue size when the model is first fitted and keeps that choice
-(saved with the checkpoint): ``minilm`` below ``encoders.LARGE_CATALOGUE`` items, ``minilm-onnx-int8`` from
-there (min cosine 0.987 to minilm; zero-shot HR@10 ml-1m 0.0425 vs 0.0419, ml-100k 0.0509 vs 0.0520).
+Encoder ``auto`` (the default) picks by the catalogue's language and size when the model is first fitted and
+keeps that choice (saved with the checkpoint): see ``encoders.auto``.
 Catalogue vectors are streamed to the encoder's on-disk cache chunk by chunk, so a killed fit resumes and a
 second fit reads them back without encoding.
 """
@@ -34,14 +33,15 @@ from .. import encoders
 from .. import index as vindex
 from ..data import Catalog, IdMap
 from ..errors import LLMRecError
-from ..metrics import top_k
+from ..metrics import top_k_excluding
 from ..text import DEFAULT_TEMPLATE, item_tags, item_texts
+from ..vectors import is_unit, l2_normalize
 from .base import Recommendations, Recommender
 
 
 @dataclass(frozen=True)
 class ZeroShotConfig:
-    encoder: str = "auto"  # by catalogue size: see encoders.auto
+    encoder: str = "auto"  # by the catalogue's language and size: see encoders.auto
     template: str = DEFAULT_TEMPLATE
     user: Literal["pool", "text"] = "pool"
     recency: float = 0.5  # picked on validation HR@10 (ml-100k, ml-1m) from 1.0, 0.9, 0.7, 0.5, 0.3
@@ -74,11 +74,6 @@ def profile_words(text: str, limit: int = 20) -> list[str]:
     return list(dict.fromkeys(out))[:limit]
 
 
-def _is_unit(x: np.ndarray, block: int = 65536) -> bool:
-    return all(np.allclose(np.linalg.norm(x[s:s + block], axis=1), 1.0, atol=1e-4)
-               for s in range(0, len(x), block))
-
-
 class ZeroShot(Recommender):
     name = "zero-shot"
     Config = ZeroShotConfig
@@ -109,12 +104,14 @@ class ZeroShot(Recommender):
         if self._encoder is None:
             if self.encoder_name is None:  # "auto": chosen once, by the catalogue the model is fitted on
                 self._check_fitted()
-                self.encoder_name = encoders.auto(len(self.catalog))
+                self.encoder_name = encoders.auto(len(self.catalog), self.catalog.titles())
+                print(f"zero-shot: encoder {self.encoder_name} ({encoders.auto_reason(self.encoder_name)}; "
+                      "--encoder NAME to choose)", file=sys.stderr)
             enc = encoders.get(self.encoder_name)
             self._encoder = encoders.cached(enc) if self.config.cache else enc
         return self._encoder
 
-    def fit(self, data, split=None, progress: bool = True) -> ZeroShot:
+    def fit(self, data, split=None, progress: bool = True, checkpoint_dir=None) -> ZeroShot:
         """Encode the catalogue; the interaction log only supplies known users' histories, and may be
         empty (a catalogue with no log is enough)."""
         train = split.train if split is not None else data.interactions
@@ -123,7 +120,7 @@ class ZeroShot(Recommender):
             self._histories = [np.zeros(0, np.int64) for _ in range(data.n_users)]
             self._encode_catalog(progress)
             return self
-        return super().fit(data, split, progress)
+        return super().fit(data, split, progress, checkpoint_dir)
 
     def _fit(self, data, train, split, progress) -> None:
         self._encode_catalog(progress)
@@ -171,11 +168,11 @@ class ZeroShot(Recommender):
         self.raw_vectors = np.asarray(raw, np.float32)
         if not self.config.center:  # one copy of a large catalogue's vectors, not two
             v = self.raw_vectors
-            unit = self.config.metric != "cosine" or _is_unit(v)
-            self.item_vectors = v if unit else encoders.l2_normalize(v)
+            unit = self.config.metric != "cosine" or is_unit(v)
+            self.item_vectors = v if unit else l2_normalize(v)
         else:
             v = self.raw_vectors - self.mean
-            self.item_vectors = encoders.l2_normalize_(v) if self.config.metric == "cosine" else v
+            self.item_vectors = l2_normalize(v, inplace=True) if self.config.metric == "cosine" else v
         if build_index:
             self.index = vindex.make(self.config.index, self.config.metric).add(self.item_vectors)
             self._stale = np.zeros(0, np.int64)
@@ -231,7 +228,7 @@ class ZeroShot(Recommender):
     def _encode_query(self, texts: list[str]) -> np.ndarray:
         v = self.encoder.encode(texts, normalize=self.config.metric == "cosine", kind="query",
                                 batch_size=self.config.batch_size, progress=False) - self.mean
-        return encoders.l2_normalize(v) if self.config.metric == "cosine" else v
+        return l2_normalize(v) if self.config.metric == "cosine" else v
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         return self._scores(self.user_vectors(histories))
@@ -240,7 +237,7 @@ class ZeroShot(Recommender):
         """float32 [b, n_items]. For cosine the item vectors are stored unit-length (``_set_vectors``), so
         only the queries are normalised here: re-normalising the catalogue per call cost 70% of a request."""
         if self.config.metric == "cosine":
-            return vindex.similarity(encoders.l2_normalize(vecs), self.item_vectors, "dot")
+            return vindex.similarity(l2_normalize(vecs), self.item_vectors, "dot")
         return vindex.similarity(vecs, self.item_vectors, self.config.metric)
 
     # -- ranking ----------------------------------------------------------------------------------------
@@ -285,17 +282,7 @@ class ZeroShot(Recommender):
             if len(stale):  # items updated since the index was built: scored exactly, merged in
                 ids, top = self._merge_exact(vecs, stale, excl, ids, top, k)
         else:
-            scores = self._scores(vecs)
-            for b, e in enumerate(excl):
-                scores[b, e] = -np.inf
-            if candidates is not None:
-                scores[:, ~candidates] = -np.inf
-            ids, top = top_k(scores, k)
-            ids = np.where(np.isfinite(top), ids, -1)
-            if ids.shape[1] < k:
-                pad = k - ids.shape[1]
-                ids = np.concatenate([ids, np.full((len(ids), pad), -1)], 1)
-                top = np.concatenate([top, np.full((len(top), pad), -np.inf, np.float32)], 1)
+            ids, top = top_k_excluding(self._scores(vecs), k, excl, candidates, copy=False)
         ext = np.full(ids.shape, None, dtype=object)
         ok = ids >= 0
         ext[ok] = self.catalog.ids.ids(ids[ok])
@@ -330,14 +317,14 @@ class ZeroShot(Recommender):
         """Per item: the history items closest to it (cosine) with the tags they share, and for a profile
         the profile words closest to it and the item's tags the profile mentions."""
         titles, tags = self.catalog.titles(), self.tags
-        unit = encoders.l2_normalize(self.item_vectors)
+        unit = l2_normalize(self.item_vectors)
         h = np.asarray(history, np.int64)[-self.config.max_history:]
         h = np.array(list(dict.fromkeys(h[::-1].tolist())), dtype=np.int64)  # distinct, most recent first
         words, wv = [], None
         if profile:
             words = profile_words(profile) or [profile]
             wv = self._encode_query(words)
-            wv = encoders.l2_normalize(wv)
+            wv = l2_normalize(wv)
         out = []
         for i in items:
             e: dict = {"because": [], "shared_tags": []}
