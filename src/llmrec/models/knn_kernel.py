@@ -5,6 +5,12 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, inline="always")
+def _before(v, j, w, i):  # pragma: no cover - compiled
+    """Entry (v, j) ranks before (w, i): a higher value, or an equal one at a lower index."""
+    return v > w or (v == w and j < i)
+
+
 @numba.njit(cache=True, nogil=True)
 def top_n_rows(rows, xt_indptr, xt_indices, x_indptr, x_indices, norms, k, shrinkage):  # pragma: no cover
     """For each item in ``rows``: its ``k`` most similar other items (in heap order) by cosine
@@ -42,36 +48,24 @@ def top_n_rows(rows, xt_indptr, xt_indices, x_indptr, x_indices, norms, k, shrin
             if d < tiny:
                 d = tiny
             v = np.float32(co) / d
-            if size < k:  # sift up from the new leaf
+            if size < k:  # a new leaf, moved up past every parent that ranks before it (the root: the worst)
                 pos = size
                 size += 1
-                while pos > 0:
-                    par = (pos - 1) >> 1
-                    if hv[par] > v or (hv[par] == v and hc[par] < j):
-                        hv[pos] = hv[par]
-                        hc[pos] = hc[par]
-                        pos = par
-                    else:
-                        break
-                hv[pos] = v
-                hc[pos] = j
-            elif v > hv[0] or (v == hv[0] and j < hc[0]):  # replace the root, sift down
+                while pos > 0 and _before(hv[(pos - 1) >> 1], hc[(pos - 1) >> 1], v, j):
+                    hv[pos], hc[pos] = hv[(pos - 1) >> 1], hc[(pos - 1) >> 1]
+                    pos = (pos - 1) >> 1
+                hv[pos], hc[pos] = v, j
+            elif _before(v, j, hv[0], hc[0]):  # replaces the root, moved down past every worse child
                 pos = 0
-                while True:
+                while 2 * pos + 1 < size:
                     a = 2 * pos + 1
-                    if a >= size:
+                    if a + 1 < size and _before(hv[a], hc[a], hv[a + 1], hc[a + 1]):
+                        a += 1  # the worse of the two children
+                    if not _before(v, j, hv[a], hc[a]):
                         break
-                    b = a + 1
-                    if b < size and (hv[b] < hv[a] or (hv[b] == hv[a] and hc[b] > hc[a])):
-                        a = b
-                    if hv[a] < v or (hv[a] == v and hc[a] > j):
-                        hv[pos] = hv[a]
-                        hc[pos] = hc[a]
-                        pos = a
-                    else:
-                        break
-                hv[pos] = v
-                hc[pos] = j
+                    hv[pos], hc[pos] = hv[a], hc[a]
+                    pos = a
+                hv[pos], hc[pos] = v, j
         for t in range(size):
             out_c[r, t] = hc[t]
             out_v[r, t] = hv[t]
