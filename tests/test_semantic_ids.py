@@ -26,7 +26,7 @@ def test_codes_are_distinct_and_collisions_are_numbered():
 
 @pytest.fixture(scope="module")
 def quick(tiny, tiny_split):
-    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "valid_users": 0,
+    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "validate": False,
            "max_history": 5, "threads": 1, "top_k": 10, "beam_size": 10, "invalid_sample": 20}
     return models.get("semantic-ids", cfg).fit(tiny, tiny_split, progress=False)
 
