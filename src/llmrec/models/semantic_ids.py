@@ -441,7 +441,8 @@ class SemanticIds(Recommender):
         return {"semantic_id_levels": int(self.codes.shape[1]),
                 "semantic_id_distinct_prefixes": distinct,
                 "semantic_id_max_collisions": int(self.codes[:, -1].max() + 1),
-                **({"training": r.summary()} if (r := getattr(self, "result", None)) is not None else {})}
+                **({"training": r.summary(), "stopped_by_time_budget": r.out_of_time}
+                   if (r := getattr(self, "result", None)) is not None else {})}
 
     def _save_extra(self, folder: Path) -> None:
         if getattr(self, "result", None) is not None:
