@@ -209,3 +209,25 @@ def test_recommend_searches_an_index_above_the_threshold(sasrec, tiny, monkeypat
         assert not seen & set(row) and "i0" not in set(row)
     assert len(approx.records(tiny.catalog, 0)) == 10 and "because" in approx.records(tiny.catalog, 0)[0]["explanation"]
     sasrec._ann = None
+
+
+def test_threads_are_scoped_to_fit_and_scoring(tiny, tiny_split):
+    """threads=1 holds while the model trains and scores; the process's own count comes back after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        m = models.get("sasrec", {**FAST, "epochs": 1})
+        real = m._logit_sides
+
+        def spy(users, table):
+            seen.append(torch.get_num_threads())
+            return real(users, table)
+        m._logit_sides = spy
+        m.fit(tiny, tiny_split, progress=False)
+        assert torch.get_num_threads() == 2
+        m.score_histories([np.array([1, 2])])
+        assert torch.get_num_threads() == 2 and set(seen) == {1}
+    finally:
+        torch.set_num_threads(before)

@@ -195,9 +195,9 @@ def cmd_train(args) -> int:
 
     from . import evaluate
     from .models import load_model
+    model = build_model(args)  # a bad config is refused before the data loads
     ds = load_data(args)
     sp = _split(args, ds)
-    model = build_model(args)
     out = Path(args.out)
     if getattr(model, "supports_resume", False):
         model.checkpoint_dir = out
