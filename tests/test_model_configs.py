@@ -60,8 +60,8 @@ def test_a_config_built_directly_is_checked_too():
         SASRecConfig(dropout=1.5)
     with pytest.raises(ConfigError, match="heads"):
         replace(SASRecConfig(), embedding_size=10, heads=3)
-    assert SASRecConfig(learning_rate=1).learning_rate == 1.0 and isinstance(SASRecConfig(learning_rate=1).learning_rate,
-                                                                             float)
+    lr = SASRecConfig(learning_rate=1).learning_rate
+    assert lr == 1.0 and isinstance(lr, float)
 
 
 @pytest.mark.parametrize("bad", ["embedding_size=0", "heads=3", "dropout=2"])
