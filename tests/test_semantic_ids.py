@@ -113,6 +113,7 @@ def test_training_runs_on_the_shared_loop_validates_by_ndcg_and_resumes(tiny, ti
     from llmrec import training
     again = training.validator(first, tiny, tiny_split, 40, 0)()
     assert abs(again - row["valid_ndcg10"]) < 1e-4
+    first.save(tmp_path / "run")  # the checkpoint replaces the training folder and keeps its resume state
     more = models.get("semantic-ids", {**cfg, "epochs": 2})
     more.checkpoint_dir = tmp_path / "run"
     more.fit(tiny, tiny_split, progress=False)

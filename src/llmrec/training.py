@@ -274,6 +274,22 @@ def write_history(res: LoopResult | list[dict], folder: str | Path, title: str =
         plot_curve(rows, folder / CURVE_FILE, title)
 
 
+def save_training_files(result: LoopResult | None, checkpoint_dir: str | Path | None, folder: str | Path,
+                        title: str = "") -> None:
+    """Into a checkpoint being built in ``folder``: the history and curve of ``result``, and the resume state
+    (and, for a model loaded from its checkpoint folder, its history and curve) carried over from the
+    training folder ``checkpoint_dir``, which the saved checkpoint may replace."""
+    import shutil
+    folder = Path(folder)
+    if result is not None:
+        write_history(result, folder, title)
+    if checkpoint_dir is not None:
+        src = Path(checkpoint_dir)
+        for name in (RESUME_FILE, HISTORY_FILE, CURVE_FILE):
+            if (src / name).exists() and not (folder / name).exists():
+                shutil.copy2(src / name, folder / name)
+
+
 def plot_curve(rows: list[dict], path: str | Path, title: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")

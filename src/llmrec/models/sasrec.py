@@ -417,17 +417,7 @@ class SequentialRecommender(Recommender):
                 "history": [{k: v for k, v in row.items()} for row in r.history]}
 
     def _save_extra(self, folder: Path) -> None:
-        """History and curve beside the weights; the resume state (and, for a model loaded from its
-        checkpoint folder, its history and curve) carried into the new folder."""
-        folder = Path(folder)
-        if getattr(self, "result", None) is not None:
-            training.write_history(self.result, folder, f"{self.name}")
-        src = Path(self.checkpoint_dir) if self.checkpoint_dir else None
-        if src is not None:
-            import shutil
-            for name in (training.RESUME_FILE, training.HISTORY_FILE, training.CURVE_FILE):
-                if (src / name).exists() and not (folder / name).exists():
-                    shutil.copy2(src / name, folder / name)
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}

@@ -445,8 +445,7 @@ class SemanticIds(Recommender):
                    if (r := getattr(self, "result", None)) is not None else {})}
 
     def _save_extra(self, folder: Path) -> None:
-        if getattr(self, "result", None) is not None:
-            training.write_history(self.result, folder, self.name)
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self):

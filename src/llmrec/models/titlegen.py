@@ -133,6 +133,8 @@ def _forward_params(lm) -> set[str]:
 class TitleGen(Recommender):
     name = "titlegen"
     Config = TitleGenConfig
+    supports_resume = True
+    checkpoint_dir: Path | None = None
 
     # -- set-up ------------------------------------------------------------------------------------
     def _load_lm(self):
@@ -233,7 +235,7 @@ class TitleGen(Recommender):
                     if cfg.validate else None)
         t0 = time.perf_counter()
         self.result = training.fit_loop(
-            self.lm, opt, batches, step, validate, epochs=1, checkpoint_dir=getattr(self, "checkpoint_dir", None),
+            self.lm, opt, batches, step, validate, epochs=1, checkpoint_dir=self.checkpoint_dir,
             fingerprint=training.fingerprint(self, data, self.RESUMABLE_CHANGES), progress=False,
             desc=f"{self.name} {data.name}", grad_clip=1.0, max_seconds=60.0 * cfg.max_minutes,
             batches_per_epoch=cfg.steps)
@@ -325,8 +327,7 @@ class TitleGen(Recommender):
         elif "lm" in self._parts():
             self.lm.save_pretrained(folder / "lm")
             self.tok.save_pretrained(folder / "lm")
-        if getattr(self, "result", None) is not None:
-            training.write_history(self.result, folder, self.name)
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     def _load_state(self, state, folder: Path) -> None:
         cfg = self.config

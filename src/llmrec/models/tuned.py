@@ -94,8 +94,7 @@ class TunedEncoder(Recommender):
 
     def _save_extra(self, folder: Path) -> None:
         self.encoder.save(str(Path(folder) / "encoder"))
-        if self.result is not None:
-            training.write_history(self.result, folder, self.name)
+        training.save_training_files(self.result, self.checkpoint_dir, folder, self.name)
 
     def _state(self):
         return {"item_vecs": self.item_vecs}
