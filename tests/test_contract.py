@@ -15,20 +15,20 @@ CONTRACT: dict[str, tuple[dict, float]] = {
     "popular": ({}, 0.0),
     "itemknn": ({}, 0.30),
     "zero-shot": ({"encoder": "minilm-onnx"}, 0.15),
-    "semantic-ids": ({"levels": 2, "codebook_size": 8, "epochs": 10, "valid_users": 100, "threads": 1,
+    "semantic-ids": ({"levels": 2, "codebook_size": 8, "epochs": 10, "eval_users": 100, "threads": 1,
                       "invalid_sample": 20},
                      0.25),
     # a 2-layer random Llama (the real LM is too slow for the contract on a CPU); its learning is shown
     # by tests/test_titlegen.py's slow real-model test, so the floor here is 0
     "titlegen": ({"model_name": "tiny-random", "finetune": "full", "steps": 20, "max_history": 3,
                   "invalid_sample": 5, "threads": 1}, 0.0),
-    "sasrec": (dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3,
+    "sasrec": (dict(embedding_size=32, max_history=20, epochs=12, batch_size=64, learning_rate=5e-3,
                     dropout=0.1, threads=1), 0.45),
-    "textseq": (dict(encoder="hash", embedding_size=32, max_length=20, epochs=12, batch_size=64,
+    "textseq": (dict(encoder="hash", embedding_size=32, max_history=20, epochs=12, batch_size=64,
                      learning_rate=5e-3, dropout=0.1, threads=1), 0.45),
     "tuned-encoder": (dict(epochs=1, steps_per_epoch=2, batch_size=8, eval_users=50, threads=1), 0.05),
     "ensemble": (dict(members=["sasrec", "itemknn"], fusion="zscore",
-                      configs=[dict(embedding_size=32, max_length=20, epochs=12, batch_size=64,
+                      configs=[dict(embedding_size=32, max_history=20, epochs=12, batch_size=64,
                                     learning_rate=5e-3, dropout=0.1, threads=1), {}]), 0.45),
 }
 SLOW = {"titlegen", "tuned-encoder"}  # contract runs that take minutes on a CPU: marked slow, still run in CI
@@ -155,7 +155,8 @@ def test_checkerboard_withheld_item_comes_back_first(checkerboard):
 
 # what each model declares it can do beyond the base protocol (callers check with isinstance, never hasattr)
 CAPABILITIES = {"zero-shot": {"text", "adds-items", "fits-catalog"}, "textseq": {"adds-items", "resume"},
-                "sasrec": {"resume"}, "tuned-encoder": {"resume"}, "ensemble": {"resume"}}
+                "sasrec": {"resume"}, "tuned-encoder": {"resume"}, "ensemble": {"resume"},
+                "semantic-ids": {"resume"}, "titlegen": {"resume"}}
 
 
 def test_capabilities_are_declared(fitted):

@@ -6,7 +6,7 @@ import pytest
 from llmrec import models
 from llmrec.errors import ConfigError, LLMRecError, UnknownNameError
 
-SMALL = dict(embedding_size=32, max_length=20, epochs=6, batch_size=64, learning_rate=5e-3, dropout=0.1,
+SMALL = dict(embedding_size=32, max_history=20, epochs=6, batch_size=64, learning_rate=5e-3, dropout=0.1,
              threads=1)
 TWO_SEEDS = {"members": ["sasrec", "sasrec"], "configs": [SMALL, dict(SMALL, seed=1)]}
 

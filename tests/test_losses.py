@@ -8,8 +8,7 @@ import torch.nn.functional as F
 
 from llmrec.errors import LLMRecError
 from llmrec.losses import softmax_ce
-from llmrec.models.sasrec import windows
-from llmrec.training import lr_schedule
+from llmrec.training import lr_schedule, windows
 
 
 def _grads(loss_fn, h, w, t):

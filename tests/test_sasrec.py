@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmrec import models, split, synthetic
+from llmrec import models, split
 from llmrec.data import build_dataset
 from llmrec.errors import ConfigError, DataError, LLMRecError
 
-FAST = dict(embedding_size=32, max_length=20, epochs=12, batch_size=64, learning_rate=5e-3, dropout=0.1,
+FAST = dict(embedding_size=32, max_history=20, epochs=12, batch_size=64, learning_rate=5e-3, dropout=0.1,
             patience=4, threads=1)
 
 
@@ -34,10 +34,10 @@ def test_empty_history_scores_popular_items(sasrec, tiny):
     assert int(np.argmax(s[0])) == int(np.argmax(sasrec.popularity))
 
 
-def test_long_history_is_cut_to_max_length(sasrec):
+def test_long_history_is_cut_to_max_history(sasrec):
     long = np.arange(50) % 60
     a = sasrec.score_histories([long])
-    b = sasrec.score_histories([long[-FAST["max_length"]:]])
+    b = sasrec.score_histories([long[-FAST["max_history"]:]])
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -46,9 +46,8 @@ def test_unknown_config_key_is_named():
         models.get("sasrec", {"hidden": 64})
     with pytest.raises(ConfigError, match="embedding_size"):
         models.get("sasrec", {"embedding_size": "big"})
-    with pytest.raises(LLMRecError, match="divisible by num_heads"):
-        ds = synthetic.make(30, 10, seed=1)
-        models.get("sasrec", embedding_size=10, num_heads=3, epochs=1).fit(ds, progress=False)
+    with pytest.raises(ConfigError, match="heads: embedding_size 10 must be divisible by heads 3"):
+        models.get("sasrec", embedding_size=10, heads=3, epochs=1)
 
 
 def test_too_small_to_learn_from():
@@ -85,7 +84,7 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     from llmrec import cli
     out = tmp_path / "run"
     args = ["train", "--dataset", "synthetic-120-40-2", "--model", "sasrec", "--out", str(out), "--json",
-            "--set", "embedding_size=16", "--set", "max_length=10", "--set", "threads=1", "--set", "epochs=2"]
+            "--set", "embedding_size=16", "--set", "max_history=10", "--set", "threads=1", "--set", "epochs=2"]
     assert cli.main(args) == 0
     first = capsys.readouterr().out
     assert (out / "training_curve.png").exists() and (out / "train_state.pt").exists()
@@ -105,7 +104,7 @@ def test_cli_train_resume_and_evaluate(tmp_path, capsys):
 def test_cosine_similarity_with_windows_and_schedule_learns(tiny, tiny_split, beats_popularity):
     """The other training options (cosine logits, every window of long histories, warm-up + cosine decay,
     bfloat16 loss) still learn the synthetic sequences."""
-    cfg = {**FAST, "similarity": "cosine", "temperature": 0.1, "windows": 0, "max_length": 8,
+    cfg = {**FAST, "similarity": "cosine", "temperature": 0.1, "windows": 0, "max_history": 8,
            "lr_schedule": "cosine", "warmup_epochs": 1, "bf16": True}
     m = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False)
     beats_popularity(m)
@@ -208,3 +207,25 @@ def test_recommend_searches_an_index_above_the_threshold(sasrec, tiny, monkeypat
         assert not seen & set(row) and "i0" not in set(row)
     assert len(approx.records(tiny.catalog, 0)) == 10 and "because" in approx.records(tiny.catalog, 0)[0]["explanation"]
     sasrec._ann = None
+
+
+def test_threads_are_scoped_to_fit_and_scoring(tiny, tiny_split):
+    """threads=1 holds while the model trains and scores; the process's own count comes back after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = []
+        m = models.get("sasrec", {**FAST, "epochs": 1})
+        real = m._logit_sides
+
+        def spy(users, table):
+            seen.append(torch.get_num_threads())
+            return real(users, table)
+        m._logit_sides = spy
+        m.fit(tiny, tiny_split, progress=False)
+        assert torch.get_num_threads() == 2
+        m.score_histories([np.array([1, 2])])
+        assert torch.get_num_threads() == 2 and set(seen) == {1}
+    finally:
+        torch.set_num_threads(before)

@@ -26,7 +26,7 @@ def test_codes_are_distinct_and_collisions_are_numbered():
 
 @pytest.fixture(scope="module")
 def quick(tiny, tiny_split):
-    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "valid_users": 0,
+    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "validate": False,
            "max_history": 5, "threads": 1, "top_k": 10, "beam_size": 10, "invalid_sample": 20}
     return models.get("semantic-ids", cfg).fit(tiny, tiny_split, progress=False)
 
@@ -76,3 +76,68 @@ def test_empty_catalogue_is_a_clear_error(tiny, tiny_split):
     empty = replace(tiny, catalog=Catalog.from_ids([]))
     with pytest.raises(DataError, match="empty"):
         models.get("semantic-ids", {"encoder": "random"})._fit(empty, None, tiny_split, False)
+
+
+def test_training_windows_keep_every_transition(quick):
+    """Windows of max_history + 1 items share their edge item, so every (item, next item) pair of a long
+    history is inside one window."""
+    h = np.arange(23)
+    chunks = quick._chunks([h])
+    assert all(len(c) <= 6 for c in chunks)
+    pairs = {(int(c[j]), int(c[j + 1])) for c in chunks for j in range(len(c) - 1)}
+    assert pairs == {(i, i + 1) for i in range(22)}
+
+
+def test_kmeans_is_scipys(quick):
+    from scipy.cluster.vq import kmeans2
+
+    from llmrec.models.semantic_ids import kmeans
+    x = np.random.default_rng(1).normal(size=(60, 5))
+    assign, c = kmeans(x, 4, 10, np.random.default_rng(3))
+    want_c, want = kmeans2(x, 4, iter=10, minit="++", seed=np.random.default_rng(3))
+    np.testing.assert_array_equal(assign, want)
+    np.testing.assert_allclose(c, want_c)
+    same = np.repeat(x[:2], 10, axis=0)  # fewer distinct rows than clusters
+    assert len(np.unique(kmeans(same, 4, 10, np.random.default_rng(0))[0])) == 2
+
+
+def test_training_runs_on_the_shared_loop_validates_by_ndcg_and_resumes(tiny, tiny_split, tmp_path):
+    cfg = {"encoder": "random", "levels": 2, "codebook_size": 4, "epochs": 1, "eval_users": 40, "max_history": 5,
+           "threads": 1, "top_k": 10, "beam_size": 10, "invalid_sample": 5, "device": "cpu"}
+    first = models.get("semantic-ids", cfg)
+    first.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "run")
+    row = first.result.history[0]
+    assert row["epoch"] == 1 and 0.0 <= row["valid_ndcg10"] <= 1.0
+    # the epoch's score is the shared validator's NDCG@10 over the same fixed sample of users
+    from llmrec import training
+    again = training.validator(first, tiny, tiny_split, 40, 0)()
+    assert abs(again - row["valid_ndcg10"]) < 1e-4
+    first.save(tmp_path / "run")  # the checkpoint replaces the training folder and keeps its resume state
+    more = models.get("semantic-ids", {**cfg, "epochs": 2})
+    more.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "run")
+    assert more.result.resumed_from == 1 and [r["epoch"] for r in more.result.history] == [1, 2]
+    assert more.card_extra()["training"]["epochs_run"] == 2
+
+
+def test_checkpoint_of_the_earlier_block_layout_is_converted(quick, tmp_path):
+    """Weights saved when the decoder had its own block (proj, mlp.0, mlp.2) load into SASRec's block
+    (out, ff.0, ff.3) and score the same."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+    quick.save(tmp_path / "ck")
+    state = load_file(str(tmp_path / "ck" / "state.safetensors"))
+    old = {}
+    for k, v in state.items():
+        k = k.replace(".out.", ".proj.").replace(".ff.0.", ".mlp.0.").replace(".ff.3.", ".mlp.2.") \
+            if k.startswith("net.blocks.") else k
+        old[k] = v
+    assert any(".mlp.2." in k for k in old)
+    save_file(old, str(tmp_path / "ck" / "state.safetensors"))
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    meta["config"]["valid_users"] = 0
+    del meta["config"]["validate"], meta["config"]["eval_users"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
+    back = models.load_model(tmp_path / "ck")
+    hist = [np.array([0, 1, 2]), np.arange(30)]
+    np.testing.assert_allclose(back.score_histories(hist), quick.score_histories(hist), atol=1e-5)

@@ -9,7 +9,7 @@ from llmrec import models
 from llmrec.errors import ConfigError, LLMRecError
 from llmrec.models.textseq import hash_embed, item_texts
 
-FAST = dict(encoder="hash", id_embedding=False, embedding_size=32, max_length=20, epochs=12, batch_size=64,
+FAST = dict(encoder="hash", id_embedding=False, embedding_size=32, max_history=20, epochs=12, batch_size=64,
             learning_rate=5e-3, dropout=0.1, patience=4, threads=1)
 
 
@@ -63,7 +63,7 @@ def test_training_keeps_its_thread_count(tiny, tiny_split):
     import torch
     before = torch.get_num_threads()
     seen = []
-    m = models.get("textseq", encoder="minilm", threads=1, epochs=1, embedding_size=16, max_length=10)
+    m = models.get("textseq", encoder="minilm", threads=1, epochs=1, embedding_size=16, max_history=10)
     real = m._item_module
 
     def spy(data, n_items):

@@ -124,3 +124,49 @@ def test_lora_checkpoint_round_trip(tmp_path):
                                    "beam_size": 3, "top_k": 3})
     base.fit(ds, progress=False)
     assert not np.allclose(base.score_histories(hist), m.score_histories(hist), atol=1e-3)
+
+
+def _lora_model(ds):
+    m = models.get("titlegen", {"model_name": "tiny-random", "finetune": "lora", "steps": 2,
+                                "learning_rate": 0.05, "max_history": 2, "beam_size": 3, "top_k": 3,
+                                "invalid_sample": 2})
+    return m.fit(ds, split.leave_one_out(ds), progress=False)
+
+
+def test_adapter_is_written_inside_the_checkpoint_being_built(tmp_path, monkeypatch):
+    """A save that fails while writing the adapter leaves the earlier checkpoint as it was."""
+    ds = chain_dataset()
+    m = _lora_model(ds)
+    m.save(tmp_path / "ck")
+    before = sorted(p.name for p in (tmp_path / "ck").iterdir())
+
+    def broken(*_a, **_k):
+        raise OSError("disk full")
+    monkeypatch.setattr(m.lm, "save_pretrained", broken)
+    with pytest.raises(OSError, match="disk full"):
+        m.save(tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == before and "adapter" in before
+    with pytest.raises(OSError, match="disk full"):
+        m.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_checkpoint_missing_its_adapter_is_refused(tmp_path):
+    import shutil
+
+    from llmrec.errors import LLMRecError
+    ds = chain_dataset()
+    _lora_model(ds).save(tmp_path / "ck")
+    shutil.rmtree(tmp_path / "ck" / "adapter")
+    with pytest.raises(LLMRecError, match="without its adapter/ folder"):
+        models.load_model(tmp_path / "ck")
+
+
+def test_fine_tuning_runs_on_the_shared_loop_and_can_validate():
+    ds = chain_dataset()
+    m = models.get("titlegen", {"model_name": "tiny-random", "finetune": "lora", "steps": 3, "max_history": 2,
+                                "beam_size": 3, "top_k": 3, "invalid_sample": 2, "validate": True,
+                                "eval_users": 5, "device": "cpu"})
+    m.fit(ds, split.leave_one_out(ds), progress=False)
+    row = m.result.history[0]
+    assert row["epoch"] == 1 and len(m.losses) == 3 and 0.0 <= row["valid_ndcg10"] <= 1.0

@@ -169,9 +169,9 @@ def _checkpoint_data(args, model):
 
 def cmd_train(args) -> int:
     from . import evaluate, pipeline
+    model = build_model(args)  # a bad config is refused before the data loads
     ds = load_data(args)
     sp = _split(args, ds)
-    model = build_model(args)
     res: dict = {}
 
     def measure(m) -> dict:

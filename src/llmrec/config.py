@@ -1,17 +1,82 @@
-"""Config as data: frozen dataclasses that reject unknown keys by name and round-trip through dicts/JSON."""
+"""Config as data: frozen dataclasses that reject unknown keys by name and round-trip through dicts/JSON.
+
+A model config derives from ``Checked`` and declares its fields with ``option(default, ge=..., gt=...,
+lt=...)``: the types, ranges and the class's cross-field ``RULES`` are checked when the config is built
+(before any data loads), each failure one ``ConfigError`` naming the key. ``RENAMED`` maps old key names to
+new ones (or to a function of the old value giving the new keys): old names still load, with a warning.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import operator
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigError
 
 C = TypeVar("C")
+log = logging.getLogger("llmrec")
+
+_BOUNDS = (("ge", operator.ge, ">="), ("gt", operator.gt, ">"), ("le", operator.le, "<="),
+           ("lt", operator.lt, "<"))
+
+
+def option(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None) -> Any:
+    """A config field with its allowed range (``ge``: at least, ``gt``: above, ``le``/``lt``: at most/below)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    return dataclasses.field(default=default, metadata=bounds)
+
+
+class Checked:
+    """Base of the model configs: building one checks every field's type and range, then ``RULES``.
+
+    RULES: (key, test(config) -> bool, message with ``{field}`` placeholders) for what depends on
+    several keys. RENAMED: old key -> new key, or -> a function of the old value returning new keys."""
+
+    RULES: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]] = ()
+    RENAMED: ClassVar[dict[str, str | Callable[[Any], dict[str, Any]]]] = {}
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+def check(cfg: Any) -> None:
+    """Coerce and check each field of ``cfg`` (type, range), then its class's RULES; ConfigError names the key."""
+    cls = type(cfg)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cfg):
+        value = _check_type(cls, f.name, getattr(cfg, f.name), hints[f.name])
+        object.__setattr__(cfg, f.name, value)  # a frozen dataclass: list -> tuple, int -> float
+        for key, test, word in _BOUNDS:
+            bound = f.metadata.get(key)
+            if bound is not None and value is not None and not test(value, bound):
+                raise ConfigError(f"{cls.__name__}.{f.name}: must be {word} {bound}, got {value!r}")
+    for key, test, message in getattr(cls, "RULES", ()):
+        if not test(cfg):
+            raise ConfigError(f"{cls.__name__}.{key}: " + message.format(**dataclasses.asdict(cfg)))
+
+
+def _renamed(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``cls.RENAMED``'s old keys replaced by the new ones, each with a deprecation warning."""
+    renamed = getattr(cls, "RENAMED", {})
+    for old in [k for k in data if k in renamed]:
+        new = renamed[old]
+        value = data.pop(old)
+        repl = new(value) if callable(new) else {new: value}
+        for k in repl:
+            if k in data:
+                raise ConfigError(f"{cls.__name__}: {old!r} is the old name of {k!r}; give only {k!r}")
+        log.warning("%s: config key %r is deprecated; read as %s", cls.__name__, old,
+                    ", ".join(f"{k}={v!r}" for k, v in repl.items()))
+        data.update(repl)
+    return data
 
 
 def _check_type(cls: type, name: str, value: Any, annotation: Any) -> Any:
@@ -61,8 +126,9 @@ def _check_type(cls: type, name: str, value: Any, annotation: Any) -> Any:
 
 
 def from_dict(cls: type[C], data: dict[str, Any] | None) -> C:
-    """Build config ``cls`` from ``data``; unknown keys and wrong types raise ConfigError naming the key."""
-    data = dict(data or {})
+    """Build config ``cls`` from ``data``; unknown keys and wrong types raise ConfigError naming the key;
+    old key names (``cls.RENAMED``) are read as the new ones, with a warning."""
+    data = _renamed(cls, dict(data or {}))
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import to_dict
 from .errors import LLMRecError
 
 RESUME_FILE = "train_state.pt"
@@ -45,10 +46,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(n: int) -> None:
-    """Torch intra-op threads; 0 keeps torch's default."""
-    if n > 0:
-        torch.set_num_threads(n)
+def windows(history: np.ndarray, size: int, count: int = 0) -> list[np.ndarray]:
+    """The history cut into windows of ``size`` items from the newest backwards, consecutive windows
+    sharing one item (so every transition is trained once): the newest ``count`` of them (0 = all)."""
+    out, end = [], len(history)
+    while end > 0 and (count == 0 or len(out) < count):
+        out.append(history[max(0, end - size):end])
+        if end <= size:
+            break
+        end -= size - 1
+    return out
 
 
 @dataclass
@@ -77,6 +84,13 @@ class LoopResult:
                 "seconds_per_epoch": round(self.seconds_per_epoch, 2),
                 "train_seconds": round(sum(r["train_seconds"] for r in self.history), 1),
                 "resumed_from_epoch": self.resumed_from}
+
+
+def fingerprint(model, data, free: tuple[str, ...] = ()) -> dict:
+    """What a training state must match to resume: the model's name and config (less the ``free`` keys,
+    which a resumed run may change) and the data set's identity."""
+    cfg = {k: v for k, v in to_dict(model.config).items() if k not in free}
+    return {"model": model.name, **cfg, "dataset": data.name, "n_items": data.n_items, "n_users": data.n_users}
 
 
 def validator(model, data, split, eval_users: int = 0, seed: int = 0, before=None):
@@ -258,6 +272,22 @@ def write_history(res: LoopResult | list[dict], folder: str | Path, title: str =
     (folder / HISTORY_FILE).write_text(json.dumps(payload, indent=1) + "\n")
     if rows:
         plot_curve(rows, folder / CURVE_FILE, title)
+
+
+def save_training_files(result: LoopResult | None, checkpoint_dir: str | Path | None, folder: str | Path,
+                        title: str = "") -> None:
+    """Into a checkpoint being built in ``folder``: the history and curve of ``result``, and the resume state
+    (and, for a model loaded from its checkpoint folder, its history and curve) carried over from the
+    training folder ``checkpoint_dir``, which the saved checkpoint may replace."""
+    import shutil
+    folder = Path(folder)
+    if result is not None:
+        write_history(result, folder, title)
+    if checkpoint_dir is not None:
+        src = Path(checkpoint_dir)
+        for name in (RESUME_FILE, HISTORY_FILE, CURVE_FILE):
+            if (src / name).exists() and not (folder / name).exists():
+                shutil.copy2(src / name, folder / name)
 
 
 def plot_curve(rows: list[dict], path: str | Path, title: str = "") -> Path:

@@ -30,41 +30,47 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import losses, training
-from ..config import to_dict
+from ..config import Checked, option, to_dict
 from ..errors import ConfigError, DataError, LLMRecError
+from ..lm import torch_threads
 from .base import Recommender
 
 
 @dataclass(frozen=True)
-class SASRecConfig:
-    embedding_size: int = 64
-    num_blocks: int = 2
-    num_heads: int = 1
+class SASRecConfig(Checked):
+    embedding_size: int = option(64, ge=1)
+    layers: int = option(2, ge=1)
+    heads: int = option(1, ge=1)
+    ff_mult: int = option(1, ge=1)    # feed-forward width = ff_mult x embedding_size (transformer block)
     block: Literal["transformer", "hstu"] = "transformer"  # hstu: gated pointwise attention (HSTU, 2024)
-    max_length: int = 200
-    windows: int = 1            # training windows of max_length + 1 items per user, newest first (0 = all)
-    dropout: float = 0.2
-    epochs: int = 200
+    max_history: int = option(200, ge=1)  # items of history read (the most recent)
+    windows: int = option(1, ge=0)   # training windows of max_history + 1 items per user, newest first (0 = all)
+    dropout: float = option(0.2, ge=0.0, lt=1.0)
+    epochs: int = option(200, ge=0)
     similarity: Literal["dot", "cosine"] = "dot"  # cosine: user and item vectors L2-normalised ...
-    temperature: float = 0.05   # ... and their cosine divided by this in the softmax
-    learning_rate: float = 1e-3
+    temperature: float = option(0.05, gt=0.0)  # ... and their cosine divided by this in the softmax
+    learning_rate: float = option(1e-3, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays over `epochs`
-    warmup_epochs: int = 0
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    patience: int = 10          # validations without improvement before stopping
-    eval_every: int = 1         # validate every N epochs
-    eval_users: int = 0         # validate on a fixed random sample of this many users (0 = all)
-    max_minutes: float = 0.0    # wall-clock training budget (0 = none), checked between batches
+    warmup_epochs: int = option(0, ge=0)
+    weight_decay: float = option(0.0, ge=0.0)
+    batch_size: int = option(128, ge=1)
+    patience: int = option(10, ge=1)  # validations without improvement before stopping
+    eval_every: int = option(1, ge=1)  # validate every N epochs
+    eval_users: int = option(0, ge=0)  # validate on a fixed random sample of this many users (0 = all)
+    max_minutes: float = option(0.0, ge=0.0)  # wall-clock training budget (0 = none), checked between batches
     seed: int = 0
     device: str = "auto"        # auto = cuda when present, else cpu
-    threads: int = 0            # torch CPU threads (0 = torch's default)
-    loss_chunk: int = 128       # softmax CE over the catalogue in chunks of this many positions (0 = at once)
+    threads: int = option(0, ge=0)  # torch CPU threads while fitting and scoring (0 = torch's default)
+    loss_chunk: int = option(128, ge=0)  # softmax CE in chunks of this many positions (0 = at once)
     bf16: bool = False          # bfloat16 products in the loss (fast on CPUs with AVX512-BF16 / AMX)
     loss: Literal["auto", "full", "sampled"] = "auto"  # auto: full up to SAMPLED_ABOVE items, else sampled
-    negatives: int = 512        # sampled softmax: items drawn per batch, shared by its positions ...
+    negatives: int = option(512, ge=0)  # sampled softmax: items drawn per batch, shared by its positions ...
     sampler: Literal["uniform", "popularity"] = "uniform"  # ... uniformly or by training popularity ...
     in_batch: bool = True       # ... plus the batch's own positives as negatives (logQ-corrected)
+
+    RULES = (("heads", lambda c: c.embedding_size % c.heads == 0,
+              "embedding_size {embedding_size} must be divisible by heads {heads}"),)
+    RENAMED = {"max_length": "max_history", "num_blocks": "layers", "num_heads": "heads"}
 
 
 # loss=auto: full softmax up to this many items, sampled above. At ml-1m's 3.7k items the full softmax is
@@ -80,11 +86,11 @@ FULL_SOFTMAX_MAX = 200_000
 
 
 def full_softmax_cost(n_items: int, c: SASRecConfig) -> str:
-    """What one full-softmax batch of ``batch_size`` x ``max_length`` positions costs, in words."""
-    pos = c.batch_size * c.max_length
+    """What one full-softmax batch of ``batch_size`` x ``max_history`` positions costs, in words."""
+    pos = c.batch_size * c.max_history
     flops = 6.0 * pos * n_items * c.embedding_size  # forward + recomputed forward + two backward products
     mem = 4.0 * pos * n_items * (1 if c.loss_chunk <= 0 else 0) + 4.0 * 3 * n_items * c.embedding_size
-    return (f"a batch of up to {c.batch_size} x {c.max_length} = {pos:,} positions against {n_items:,} items is "
+    return (f"a batch of up to {c.batch_size} x {c.max_history} = {pos:,} positions against {n_items:,} items is "
             f"{flops / 1e12:.1f} TFLOP (about {flops / 5e10:.0f} s on one core at 50 GFLOP/s) and "
             f"{mem / 1e9:.1f} GB of logits and item-table gradients")
 
@@ -101,17 +107,18 @@ def resolve_loss(n_items: int, c: SASRecConfig) -> str:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: causal self-attention and a position-wise feed-forward layer."""
+    """Pre-norm transformer block: causal self-attention and a position-wise feed-forward layer of width
+    ``ff_mult * d`` (SASRec: 1; the semantic-ids decoder: 4). ``d`` must be divisible by ``heads`` (the
+    configs check it)."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float, ff_mult: int = 1):
         super().__init__()
-        if d % heads:
-            raise LLMRecError(f"embedding_size {d} must be divisible by num_heads {heads}")
         self.heads, self.dropout = heads, dropout
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
-        self.ff = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
+        w = ff_mult * d
+        self.ff = nn.Sequential(nn.Linear(d, w), nn.GELU(), nn.Dropout(dropout), nn.Linear(w, d))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -127,14 +134,12 @@ class Block(nn.Module):
 class HSTUBlock(nn.Module):
     """The HSTU layer (Zhai et al., ICML 2024, "Actions speak louder than words"): one projection gives
     gate u, values v, queries q and keys k (SiLU); attention weights are SiLU(q.k + relative position
-    bias) / max_length with no softmax, so they keep the intensity of the history rather than a
+    bias) / max_history with no softmax, so they keep the intensity of the history rather than a
     distribution over it; the output is LayerNorm(attention values) gated by u. No separate feed-forward.
     The bias here is by distance only (no timestamps: a history is a list of items)."""
 
     def __init__(self, d: int, heads: int, dropout: float, max_length: int):
         super().__init__()
-        if d % heads:
-            raise LLMRecError(f"embedding_size {d} must be divisible by num_heads {heads}")
         self.heads, self.max_length = heads, max_length
         self.ln = nn.LayerNorm(d)
         self.uvqk = nn.Linear(d, 4 * d)
@@ -162,7 +167,7 @@ class SeqEncoder(nn.Module):
     """Item vectors [n_items, d] (from ``item_table``) -> user vectors: causal transformer over history."""
 
     def __init__(self, d: int, max_length: int, blocks: int, heads: int, dropout: float,
-                 block: str = "transformer"):
+                 block: str = "transformer", ff_mult: int = 1):
         super().__init__()
         self.d = d
         self.pos = nn.Embedding(max_length, d)
@@ -170,7 +175,7 @@ class SeqEncoder(nn.Module):
         if block == "hstu":
             self.blocks = nn.ModuleList(HSTUBlock(d, heads, dropout, max_length) for _ in range(blocks))
         else:
-            self.blocks = nn.ModuleList(Block(d, heads, dropout) for _ in range(blocks))
+            self.blocks = nn.ModuleList(Block(d, heads, dropout, ff_mult) for _ in range(blocks))
         self.ln = nn.LayerNorm(d)
 
     def forward(self, seq: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -220,18 +225,6 @@ def pad_left(histories: list[np.ndarray], max_length: int) -> np.ndarray:
     return out
 
 
-def windows(history: np.ndarray, size: int, count: int) -> list[np.ndarray]:
-    """The history cut into windows of ``size`` items from the newest backwards, consecutive windows
-    sharing one item (so every transition is trained once): the newest ``count`` of them (0 = all)."""
-    out, end = [], len(history)
-    while end > 0 and (count == 0 or len(out) < count):
-        out.append(history[max(0, end - size):end])
-        if end <= size:
-            break
-        end -= size - 1
-    return out
-
-
 class SequentialRecommender(Recommender):
     """A causal transformer over item histories, trained with full softmax CE (subclasses give items)."""
 
@@ -248,11 +241,14 @@ class SequentialRecommender(Recommender):
     # keys added after training states were first written, with the value those states were trained with:
     # left out of the fingerprint at that value, so older training states still resume
     LATER_KEYS = {"block": "transformer", "loss": "auto", "negatives": 512, "sampler": "uniform",
-                  "in_batch": True}
+                  "in_batch": True, "ff_mult": 1}
 
     def _fingerprint(self, data) -> dict:
+        """Config and data identity of a training state; renamed keys keep the names states were first
+        written with, so those states still resume."""
         free = [k for k in self.RESUMABLE_CHANGES if not (k == "epochs" and self.config.lr_schedule != "constant")]
-        cfg = {k: v for k, v in to_dict(self.config).items()
+        first = {new: old for old, new in self.Config.RENAMED.items()}
+        cfg = {first.get(k, k): v for k, v in to_dict(self.config).items()
                if k not in free and not (k in self.LATER_KEYS and v == self.LATER_KEYS[k])}
         return {"model": self.name, **cfg, "dataset": data.name, "n_items": data.n_items,
                 "n_users": data.n_users}
@@ -262,22 +258,24 @@ class SequentialRecommender(Recommender):
         c = self.config
         self.n_trained_items = n_items
         self._ann = None
-        enc = SeqEncoder(c.embedding_size, c.max_length, c.num_blocks, c.num_heads, c.dropout, c.block)
+        enc = SeqEncoder(c.embedding_size, c.max_history, c.layers, c.heads, c.dropout, c.block, c.ff_mult)
         self.net = Net(self._item_module(data, n_items), enc).to(self.device)
 
     def _fit(self, data, train, split, progress) -> None:
+        with torch_threads(self.config.threads):
+            self._train(data, train, split, progress)
+
+    def _train(self, data, train, split, progress) -> None:
         c = self.config
-        training.set_threads(c.threads)
         training.seed_everything(c.seed)
         self.device = training.device(c.device)
         self.popularity = np.bincount(train.item, minlength=data.n_items).astype(np.float32)
-        seqs = [w for h in self._histories for w in windows(h, c.max_length + 1, c.windows) if len(w) >= 2]
+        seqs = [w for h in self._histories for w in training.windows(h, c.max_history + 1, c.windows)
+                if len(w) >= 2]
         if not seqs:
             raise DataError(f"data set {data.name!r} has no training history with 2 or more items: "
                             f"{self.name} learns from item -> next item pairs")
         self.loss = resolve_loss(data.n_items, c)
-        if self.loss == "sampled" and c.negatives < 0:
-            raise ConfigError(f"negatives must be 0 or more, got {c.negatives}")
         self._build(data, data.n_items)
         net = self.net
         sample = None
@@ -297,7 +295,7 @@ class SequentialRecommender(Recommender):
             order = np.argsort(lengths + rng.random(len(lengths)) * 8, kind="stable")
             chunks = [order[i:i + c.batch_size] for i in range(0, len(order), c.batch_size)]
             for j in rng.permutation(len(chunks)):
-                yield pad_left([seqs[i] for i in chunks[j]], c.max_length + 1)
+                yield pad_left([seqs[i] for i in chunks[j]], c.max_history + 1)
 
         def step(batch: np.ndarray) -> torch.Tensor:
             b = torch.from_numpy(batch).to(self.device)
@@ -348,15 +346,19 @@ class SequentialRecommender(Recommender):
         table = self.item_vectors() if table is None else table
         known = [np.asarray(h, dtype=np.int64) for h in histories]
         known = [h[(h >= 0) & (h < len(table))] for h in known]
-        seq = torch.from_numpy(pad_left(known, self.config.max_length)).to(self.device)
+        seq = torch.from_numpy(pad_left(known, self.config.max_history)).to(self.device)
         out = self.net.encoder(seq, table)[:, -1]
         out[(seq[:, -1] == 0)] = 0.0
         self.net.train(was)
         return out
 
-    @torch.no_grad()
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """float32 [b, n_items]. An empty history scores items by training popularity."""
+        with torch_threads(self.config.threads):
+            return self._scores(histories)
+
+    @torch.no_grad()
+    def _scores(self, histories: list[np.ndarray]) -> np.ndarray:
         table = self.item_vectors()
         users, items = self._logit_sides(self.user_vectors(histories, table), table)
         scores = (users @ items.T).float().cpu().numpy()
@@ -388,7 +390,7 @@ class SequentialRecommender(Recommender):
         """The history items whose vectors are most similar (cosine) to each recommended item."""
         table = F.normalize(self.item_vectors(), dim=-1).cpu().numpy()
         h = np.asarray(history, dtype=np.int64)
-        h = np.unique(h[h < len(table)][-self.config.max_length:])  # an item seen twice is one reason
+        h = np.unique(h[h < len(table)][-self.config.max_history:])  # an item seen twice is one reason
         titles = self.catalog.titles()
         out = []
         for i in items:
@@ -414,17 +416,7 @@ class SequentialRecommender(Recommender):
                 "history": [{k: v for k, v in row.items()} for row in r.history]}
 
     def _save_extra(self, folder: Path) -> None:
-        """History and curve beside the weights; the resume state (and, for a model loaded from its
-        checkpoint folder, its history and curve) carried into the new folder."""
-        folder = Path(folder)
-        if getattr(self, "result", None) is not None:
-            training.write_history(self.result, folder, f"{self.name}")
-        src = Path(self.checkpoint_dir) if self.checkpoint_dir else None
-        if src is not None:
-            import shutil
-            for name in (training.RESUME_FILE, training.HISTORY_FILE, training.CURVE_FILE):
-                if (src / name).exists() and not (folder / name).exists():
-                    shutil.copy2(src / name, folder / name)
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     def _state(self) -> dict[str, np.ndarray]:
         state = {f"net.{k}": v.detach().cpu().numpy() for k, v in self.net.state_dict().items()}

@@ -9,7 +9,11 @@
    one item per position (each item entered as the sum of its code tokens' embeddings, plus its position),
    so a long history stays a short context; a small code head then predicts the next item's code token by
    token (each level from the history state plus the embeddings of the tokens before it). Every position of
-   every history is a training example, as in SASRec.
+   every history is a training example, as in SASRec: long histories are cut into windows of
+   ``max_history + 1`` items that share one item at each edge, so no transition is lost. The transformer
+   block is SASRec's (sasrec.Block, with a feed-forward 4x wider); training runs on the shared loop
+   (training.fit_loop: resume, time budget, learning-rate schedule, device) and picks the epoch by
+   validation NDCG@10 (training.validator).
 3. Recommending (``decoding="beam"``, the default) = beam search over the next item's code, constrained by
    a trie of the catalogue's codes, with the user's history pruned from the trie; the score is the code's
    log-probability. Items outside the beam score strictly below every beam item (``OUTSIDE``), ties then
@@ -23,53 +27,71 @@ small enough to train on ml-1m on a CPU.)
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..errors import DataError
+from .. import training
+from ..config import Checked, option
+from ..errors import DataError, LLMRecError
 from ..lm import torch_threads
 from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
 from ..vectors import l2_normalize
 from .base import Recommender
+from .sasrec import Block
 
 OUTSIDE = -1.0e4  # score of items the beam did not return (log-probs of codes are far above it)
 
 
 @dataclass(frozen=True)
-class SemanticIdsConfig:
-    levels: int = 3
-    codebook_size: int = 32
+class SemanticIdsConfig(Checked):
+    levels: int = option(3, ge=1)
+    codebook_size: int = option(32, ge=1)
     # minilm: text embeddings only (as TIGER); minilm+cf (default, chosen on ml-100k validation): text
     # concatenated with collaborative item factors (an SVD of the training user-item matrix), so co-watched
     # items share code prefixes; random: codes without meaning (an ablation)
     encoder: Literal["minilm", "minilm+cf", "random"] = "minilm+cf"
-    cf_dim: int = 64
-    embedding_size: int = 128
-    layers: int = 2
-    heads: int = 4
-    dropout: float = 0.2
-    max_history: int = 200  # items (one position each); longer histories keep the most recent
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.01
-    beam_size: int = 20
-    top_k: int = 20  # items returned by the beam (the rest score OUTSIDE)
+    cf_dim: int = option(64, ge=1)
+    embedding_size: int = option(128, ge=1)
+    layers: int = option(2, ge=1)
+    heads: int = option(4, ge=1)
+    ff_mult: int = option(4, ge=1)  # feed-forward width = ff_mult x embedding_size
+    dropout: float = option(0.2, ge=0.0, lt=1.0)
+    max_history: int = option(200, ge=1)  # items (one position each); longer histories keep the most recent
+    epochs: int = option(30, ge=0)
+    batch_size: int = option(64, ge=1)
+    learning_rate: float = option(2e-3, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decays over `epochs`
+    warmup_epochs: int = option(0, ge=0)
+    weight_decay: float = option(0.01, ge=0.0)
+    beam_size: int = option(20, ge=1)
+    top_k: int = option(20, ge=1)  # items returned by the beam (the rest score OUTSIDE)
     # beam: trie-constrained beam search (top_k items; the rest score OUTSIDE); exhaustive: every catalogue
     # item scored by its code's log-probability, teacher-forced level by level (an exact full ranking, for
     # small catalogues: cost grows with the number of distinct code prefixes)
     decoding: Literal["beam", "exhaustive"] = "beam"
-    patience: int = 3  # epochs without validation gain before stopping
-    max_minutes: float = 0.0  # stop training after the epoch that passes this budget (0: no budget)
-    valid_users: int = 500  # validation sample used to pick the epoch (0: no validation)
-    kmeans_iters: int = 25
-    invalid_sample: int = 200  # training histories decoded without the trie to measure invalid items
+    patience: int = option(3, ge=1)  # validations without improvement before stopping
+    max_minutes: float = option(0.0, ge=0.0)  # wall-clock training budget (0 = none), checked between batches
+    validate: bool = True  # pick the epoch by validation NDCG@10 (false: train every epoch, keep the last)
+    eval_users: int = option(500, ge=0)  # validation on a fixed random sample of this many users (0 = all)
+    kmeans_iters: int = option(25, ge=1)
+    invalid_sample: int = option(200, ge=0)  # training histories decoded without the trie (invalid items)
     seed: int = 0
-    threads: int = 0  # torch CPU threads while fitting/scoring (0: torch's default; 1 on a busy machine)
+    device: str = "auto"  # auto = cuda when present, else cpu
+    threads: int = option(0, ge=0)  # torch CPU threads while fitting and scoring (0 = torch's default)
+
+    RULES = (("heads", lambda c: c.embedding_size % c.heads == 0,
+              "embedding_size {embedding_size} must be divisible by heads {heads}"),)
+    # valid_users=0 meant "no validation"; N > 0 a sample of N validation users
+    RENAMED = {"valid_users": lambda v: {"eval_users": v} if v else {"validate": False}}
 
 
 # -- codes ------------------------------------------------------------------------------------------
@@ -113,28 +135,17 @@ def embed_items(catalog, encoder: str, seed: int, histories=None, cf_dim: int = 
 
 
 def kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means with k-means++ seeding: (assignments int64 [n], centroids [k, d])."""
-    n = len(x)
-    k = min(k, n)
-    centers = [x[rng.integers(n)]]
-    d2 = ((x - centers[0]) ** 2).sum(1)
-    for _ in range(1, k):
-        p = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
-        centers.append(x[rng.choice(n, p=p)])
-        d2 = np.minimum(d2, ((x - centers[-1]) ** 2).sum(1))
-    c = np.stack(centers)
-    assign = np.zeros(n, dtype=np.int64)
-    for _ in range(iters):
-        dist = (x ** 2).sum(1)[:, None] - 2 * x @ c.T + (c ** 2).sum(1)[None]
-        new = dist.argmin(1)
-        if _ > 0 and np.array_equal(new, assign):
-            break
-        assign = new
-        for j in range(k):
-            m = assign == j
-            if m.any():
-                c[j] = x[m].mean(0)
-    return assign, c
+    """k-means (scipy's kmeans2, k-means++ seeding): (assignments int64 [n], centroids [k, d]). ``k`` is
+    capped at the number of distinct rows; an empty cluster keeps its centroid (its items then share a
+    code prefix, which the collision level resolves)."""
+    from scipy.cluster.vq import kmeans2
+    k = min(k, len(np.unique(x, axis=0)))
+    if k <= 1:
+        return np.zeros(len(x), dtype=np.int64), x.mean(0, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "one of the clusters is empty"
+        c, assign = kmeans2(x, k, iter=iters, minit="++", seed=rng)
+    return assign.astype(np.int64), c
 
 
 def residual_codes(x: np.ndarray, levels: int, k: int, iters: int, seed: int) -> np.ndarray:
@@ -155,99 +166,92 @@ def residual_codes(x: np.ndarray, levels: int, k: int, iters: int, seed: int) ->
 
 
 # -- the sequence model -----------------------------------------------------------------------------
-def _build_net(tokens: np.ndarray, vocab: int, cfg: SemanticIdsConfig):
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+class ItemCodeNet(nn.Module):
+    """A causal transformer over items (one input vector per item: the sum of its code tokens' embeddings
+    plus the item's position) and a small code head predicting the next item's code token by token, each
+    level from the history state plus the embeddings of the tokens decoded before it.
 
-    class Block(nn.Module):
-        def __init__(self, d, h, p):
-            super().__init__()
-            self.h, self.p = h, p
-            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-            self.drop = nn.Dropout(p)
+    tokens: int64 [n_items, width] (each level's codes in their own block of the vocabulary, 0 = BOS)."""
 
-        def forward(self, x, mask):
-            b, t, d = x.shape
-            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                               dropout_p=self.p if self.training else 0.0)
-            x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, t, d)))
-            return x + self.drop(self.mlp(self.ln2(x)))
+    def __init__(self, tokens: np.ndarray, vocab: int, cfg: SemanticIdsConfig):
+        super().__init__()
+        d, width = cfg.embedding_size, tokens.shape[1]
+        self.max_history = cfg.max_history
+        table = np.concatenate([np.zeros((1, width), np.int64), tokens])  # row 0: BOS (token 0 only)
+        table[0, 1:] = -1
+        self.register_buffer("codes", torch.from_numpy(table), persistent=False)
+        end = tokens.max(0) + 1  # level lv's tokens are [end[lv - 1], end[lv]) (level 0 from 1)
+        mask = torch.full((width, vocab), -1e9)
+        for lv in range(width):
+            mask[lv, 1 if lv == 0 else end[lv - 1]:end[lv]] = 0.0  # each level predicts its own block
+        self.register_buffer("level_mask", mask, persistent=False)
+        self.tok = nn.Embedding(vocab + 1, d, padding_idx=vocab)  # index vocab (from -1): nothing
+        self.pos = nn.Embedding(cfg.max_history + 1, d)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.dropout, cfg.ff_mult) for _ in range(cfg.layers))
+        self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
+        self.prev, self.level = nn.Embedding(vocab, d), nn.Embedding(width, d)
+        self.head_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.head_ln, self.out = nn.LayerNorm(d), nn.Linear(d, vocab)
 
-    class ItemCodeNet(nn.Module):
-        """A causal transformer over items (one input vector per item: the sum of its code tokens'
-        embeddings plus the item's position) and a small code head predicting the next item's code token by
-        token, each level from the history state plus the embeddings of the tokens decoded before it."""
+    def history(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """items int64 [b, t] (0 = BOS or right padding, i + 1 = item i), each row's first ``lengths`` [b]
+        entries real -> states [b, t, d]. Positions count back from each row's last entry (as in SASRec),
+        so the most recent item always has the same position."""
+        t = items.shape[1]
+        c = self.codes[items]
+        steps = torch.arange(t, device=items.device)
+        pos = (self.max_history + 1 - lengths[:, None] + steps).clamp(0, self.max_history)
+        x = self.tok(torch.where(c < 0, self.tok.padding_idx, c)).sum(2) + self.pos(pos)
+        x = self.drop(x)
+        mask = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
+        for blk in self.blocks:
+            x = blk(x, mask)
+        return self.ln(x)
 
-        def __init__(self):
-            super().__init__()
-            d, width = cfg.embedding_size, tokens.shape[1]
-            table = np.concatenate([np.zeros((1, width), np.int64), tokens])  # row 0: BOS (token 0 only)
-            table[0, 1:] = -1
-            self.register_buffer("codes", torch.from_numpy(table), persistent=False)
-            end = tokens.max(0) + 1  # level lv's tokens are [end[lv - 1], end[lv]) (level 0 from 1)
-            mask = torch.full((width, vocab), -1e9)
-            for lv in range(width):
-                mask[lv, 1 if lv == 0 else end[lv - 1]:end[lv]] = 0.0  # each level predicts its own block
-            self.register_buffer("level_mask", mask, persistent=False)
-            self.tok = nn.Embedding(vocab + 1, d, padding_idx=vocab)  # index vocab (from -1): nothing
-            self.pos = nn.Embedding(cfg.max_history + 1, d)
-            self.blocks = nn.ModuleList(Block(d, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
-            self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(cfg.dropout)
-            self.prev, self.level = nn.Embedding(vocab, d), nn.Embedding(width, d)
-            self.head_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-            self.head_ln, self.out = nn.LayerNorm(d), nn.Linear(d, vocab)
+    def logits(self, h: torch.Tensor, before: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        """h [..., d] + embeddings of earlier code tokens ``before`` [..., n, d] -> logits [..., n, vocab] of
+        the code tokens at ``levels`` (int64 [n])."""
+        z = h[..., None, :] + before + self.level(levels)
+        z = z + self.head_mlp(z)
+        return self.out(self.head_ln(z)) + self.level_mask[levels]
 
-        def history(self, items, lengths):
-            """items int64 [b, t] (0 = BOS or right padding, i + 1 = item i), each row's first ``lengths``
-            [b] entries real -> states [b, t, d]. Positions count back from each row's last entry (as in
-            SASRec), so the most recent item always has the same position."""
-            t = items.shape[1]
-            c = self.codes[items]
-            pos = (cfg.max_history + 1 - lengths[:, None] + torch.arange(t)).clamp(0, cfg.max_history)
-            x = self.tok(torch.where(c < 0, self.tok.padding_idx, c)).sum(2) + self.pos(pos)
-            x = self.drop(x)
-            mask = torch.ones(t, t, dtype=torch.bool).tril()
-            for blk in self.blocks:
-                x = blk(x, mask)
-            return self.ln(x)
+    def teacher_forced(self, h: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Logits [..., width, vocab] of every level of the target ``codes`` [..., width]."""
+        e = self.prev(codes)
+        return self.logits(h, torch.cumsum(e, -2) - e, torch.arange(codes.shape[-1], device=codes.device))
 
-        def logits(self, h, before, levels):
-            """h [..., d] + embeddings of earlier code tokens ``before`` [..., n, d] -> logits [..., n, vocab]
-            of the code tokens at ``levels`` (int64 [n])."""
-            z = h[..., None, :] + before + self.level(levels)
-            z = z + self.head_mlp(z)
-            return self.out(self.head_ln(z)) + self.level_mask[levels]
+    def next_logp(self, h: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Log-probs [n, vocab] of the code token after ``prefix`` int64 [n, l] for states h [n, d]."""
+        lv = torch.full((1,), prefix.shape[1], dtype=torch.long, device=h.device)
+        return torch.log_softmax(self.logits(h, self.prev(prefix).sum(1)[:, None], lv)[:, 0], -1)
 
-        def teacher_forced(self, h, codes):
-            """Logits [..., width, vocab] of every level of the target ``codes`` [..., width]."""
-            e = self.prev(codes)
-            return self.logits(h, torch.cumsum(e, -2) - e, torch.arange(codes.shape[-1]))
 
-        def next_logp(self, h, prefix):
-            """Log-probs [n, vocab] of the code token after ``prefix`` int64 [n, l] for states h [n, d]."""
-            lv = torch.full((1,), prefix.shape[1], dtype=torch.long)
-            return torch.log_softmax(self.logits(h, self.prev(prefix).sum(1)[:, None], lv)[:, 0], -1)
-
-    return ItemCodeNet()
+def _old_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weights saved before the decoder shared SASRec's block (``proj``, ``mlp.0``, ``mlp.2``) renamed to
+    that block's layout (``out``, ``ff.0``, ``ff.3``): the same layers, so the same scores."""
+    subs = ((r"^(net\.blocks\.\d+\.)proj\.", r"\1out."), (r"^(net\.blocks\.\d+\.)mlp\.0\.", r"\1ff.0."),
+            (r"^(net\.blocks\.\d+\.)mlp\.2\.", r"\1ff.3."))
+    out = {}
+    for k, v in state.items():
+        for pat, rep in subs:
+            k = re.sub(pat, rep, k)
+        out[k] = v
+    return out
 
 
 class _CodeDecoder:
     """The trie.Decoder protocol for one user: the history state is computed once (batched over users by
     the caller); each step runs only the code head on the tokens decoded so far."""
 
-    def __init__(self, net, h):
+    def __init__(self, net: ItemCodeNet, h: torch.Tensor):
         self.net, self.h = net, h
         self.prefix = None
 
-    def _logp(self):
-        import torch
+    def _logp(self) -> np.ndarray:
         with torch.no_grad():
             n = len(self.prefix)
-            return self.net.next_logp(self.h.expand(n, -1), torch.from_numpy(self.prefix)).numpy()
+            prefix = torch.from_numpy(self.prefix).to(self.h.device)
+            return self.net.next_logp(self.h.expand(n, -1), prefix).cpu().numpy()
 
     def start(self):
         self.prefix = np.zeros((1, 0), dtype=np.int64)
@@ -261,6 +265,9 @@ class _CodeDecoder:
 class SemanticIds(Recommender):
     name = "semantic-ids"
     Config = SemanticIdsConfig
+    supports_resume = True
+    # config keys a resumed run may change: they do not change what a finished epoch computed
+    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
 
     # token layout: 0 = BOS, then each level's codes in its own block
     def _token_table(self) -> np.ndarray:
@@ -279,115 +286,86 @@ class SemanticIds(Recommender):
         self._returned = 0
         self._invalid = 0
 
+    def _build(self) -> None:
+        self.device = training.device(self.config.device)
+        self.net = ItemCodeNet(self.tokens, self.vocab, self.config).to(self.device)
+
     def _fit(self, data, train, split, progress) -> None:
         with torch_threads(self.config.threads):
-            self._fit_inner(data, split, progress)
+            self._train(data, split, progress)
 
-    def _fit_inner(self, data, split, progress) -> None:
-        import torch
+    def _train(self, data, split, progress) -> None:
         cfg = self.config
         if data.n_items == 0:
             raise DataError("the catalogue is empty: nothing to generate")
-        torch.manual_seed(cfg.seed)
+        training.seed_everything(cfg.seed)
         t0 = time.perf_counter()
         self.codes = residual_codes(embed_items(data.catalog, cfg.encoder, cfg.seed, self._histories,
                                                 cfg.cf_dim), cfg.levels,
                                     cfg.codebook_size, cfg.kmeans_iters, cfg.seed)
         self.code_seconds = time.perf_counter() - t0
         self._setup()
-        self.net = _build_net(self.tokens, self.vocab, cfg)
+        self._build()
         chunks = self._chunks(self._histories)
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        rng = np.random.default_rng(cfg.seed)
-        vu = np.zeros(0, np.int64)
-        if split is not None and cfg.valid_users > 0 and len(split.valid_users):
-            pick = rng.choice(len(split.valid_users), min(cfg.valid_users, len(split.valid_users)),
-                              replace=False)
-            vu, vt = split.valid_users[np.sort(pick)], split.valid_items[np.sort(pick)]
-        best, best_state, bad = -1.0, None, 0
-        self.history_log = []
-        for epoch in range(cfg.epochs):
-            self.net.train()
-            loss_sum, n_b = 0.0, 0
-            for b in _batches(chunks, cfg.batch_size, rng):
-                loss = self._loss(torch.from_numpy(b))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                loss_sum, n_b = loss_sum + float(loss.detach()), n_b + 1
-            self.net.eval()
-            rec = {"epoch": epoch + 1, "loss": round(loss_sum / max(n_b, 1), 4),
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            if len(vu):
-                s = self._score([self._histories[u] for u in vu])
-                for row, u in zip(s, vu, strict=True):
-                    row[self._histories[u]] = -np.inf  # seen items are never recommended
-                rank = (s > s[np.arange(len(vt)), vt][:, None]).sum(1)
-                rec["valid_HR@10"] = round(float((rank < 10).mean()), 4)
-            self.history_log.append(rec)
-            if progress:
-                print(f"semantic-ids {rec}", flush=True)
-            if len(vu):
-                if rec["valid_HR@10"] > best:
-                    best, bad = rec["valid_HR@10"], 0
-                    best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= cfg.patience:
-                        break
-            if cfg.max_minutes and time.perf_counter() - t0 > 60 * cfg.max_minutes:
-                self.stopped_by_budget = True
-                break
-        if best_state is not None:
-            self.net.load_state_dict(best_state)
-        self.net.eval()
+        validate = training.validator(self, data, split, cfg.eval_users, cfg.seed) if cfg.validate else None
+        free = tuple(k for k in self.RESUMABLE_CHANGES if not (k == "epochs" and cfg.lr_schedule != "constant"))
+        self.result = training.fit_loop(
+            self.net, opt, lambda epoch: _batches(chunks, cfg.batch_size, np.random.default_rng([cfg.seed, epoch])),
+            lambda b: self._loss(torch.from_numpy(b).to(self.device)), validate, epochs=cfg.epochs,
+            patience=cfg.patience, checkpoint_dir=self.checkpoint_dir,
+            fingerprint=training.fingerprint(self, data, free), progress=progress,
+            desc=f"{self.name} {data.name}", max_seconds=60.0 * cfg.max_minutes,
+            batches_per_epoch=-(-len(chunks) // cfg.batch_size),
+            lr_scale=training.lr_schedule(cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs))
+        if self.checkpoint_dir is not None:
+            training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
         self._latency, self._returned, self._invalid = [], 0, 0
 
-    def _loss(self, x):
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of every code token of every next item in the padded item rows x [b, t] (-1:
         padding): position j reads BOS and items < j (as ids + 1, padding reading as BOS)."""
-        import torch
-        bos = torch.zeros(len(x), 1, dtype=torch.long)
+        bos = torch.zeros(len(x), 1, dtype=torch.long, device=x.device)
         h = self.net.history(torch.cat([bos, x[:, :-1] + 1], 1), (x >= 0).sum(1))
         codes = self.net.codes[x + 1]  # padding -> the BOS row, masked out of the loss below
         logits = self.net.teacher_forced(h, codes.clamp(min=0))
         target = torch.where((x >= 0)[..., None], codes, -1)
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab), target.reshape(-1),
-                                                 ignore_index=-1)
+        return F.cross_entropy(logits.reshape(-1, self.vocab), target.reshape(-1), ignore_index=-1)
 
-    def _chunks(self, histories) -> list[np.ndarray]:
-        """Windows of ``max_history + 1`` items cut from each history's end."""
-        w = self.config.max_history + 1
-        return [h[max(0, end - w):end] for h in histories for end in range(len(h), 1, -w)]
+    def _chunks(self, histories: list[np.ndarray]) -> list[np.ndarray]:
+        """Training windows of ``max_history + 1`` items, neighbours sharing one item (training.windows)."""
+        return [w for h in histories for w in training.windows(h, self.config.max_history + 1) if len(w) >= 2]
 
     def _recent(self, h) -> np.ndarray:
-        h = np.asarray(h, dtype=np.int64)
-        return h[-self.config.max_history:] if self.config.max_history > 0 else h[:0]
+        return np.asarray(h, dtype=np.int64)[-self.config.max_history:]
 
-    def _states(self, histories):
+    def _states(self, histories) -> torch.Tensor:
         """History states [n, d] (the transformer's output after each history's last item)."""
-        import torch
         rows = [self._recent(h) for h in histories]
         lens = np.array([len(r) for r in rows])
         x = np.zeros((len(rows), lens.max() + 1), dtype=np.int64)
         for i, r in enumerate(rows):
             x[i, 1:len(r) + 1] = r + 1
         with torch.no_grad():
-            return self.net.history(torch.from_numpy(x), torch.from_numpy(lens + 1))[np.arange(len(rows)), lens]
+            states = self.net.history(torch.from_numpy(x).to(self.device),
+                                      torch.from_numpy(lens + 1).to(self.device))
+            return states[torch.arange(len(rows), device=self.device), torch.from_numpy(lens).to(self.device)]
 
     def _exhaustive(self, h) -> np.ndarray:
         """Log-probability [n, n_items] of every catalogue item's full code (teacher forcing through each
         level's distinct prefixes), 16 users at a time."""
-        import torch
         out = np.zeros((len(h), len(self.catalog)), dtype=np.float32)
+        dev = self.device
         for s in range(0, len(h), 16):
             part = h[s:s + 16]
             with torch.no_grad():
                 for lv, (pre, inv) in enumerate(self._prefixes):
-                    before = self.net.prev(torch.from_numpy(pre)).sum(1)  # [p, d]
+                    before = self.net.prev(torch.from_numpy(pre).to(dev)).sum(1)  # [p, d]
                     logp = torch.log_softmax(self.net.logits(part[:, None], before[None, :, None],
-                                                             torch.tensor([lv]))[:, :, 0], -1)
-                    out[s:s + 16] += logp[:, inv, self.tokens[:, lv]].numpy()
+                                                             torch.tensor([lv], device=dev))[:, :, 0], -1)
+                    inv_t = torch.from_numpy(np.asarray(inv).reshape(-1)).to(dev)
+                    tok = torch.from_numpy(self.tokens[:, lv]).to(dev)
+                    out[s:s + 16] += logp[:, inv_t, tok].cpu().numpy()
         return out
 
     def score_histories(self, histories: list[np.ndarray]) -> np.ndarray:
@@ -447,30 +425,37 @@ class SemanticIds(Recommender):
                                            "latency is the per-user share of a batch; unconstrained: greedy "
                                            "decoding without the trie for the first "
                                            f"{self.config.invalid_sample} training histories")
-        return {**report, **self.card_extra()}
+        r = getattr(self, "result", None)
+        return {**report, **self.card_extra(), "device": str(getattr(self, "device", "cpu")),
+                **({"history": r.history} if r is not None else {})}
 
     def card_extra(self) -> dict:
         distinct = len({tuple(c) for c in self.codes[:, :-1]})
         return {"semantic_id_levels": int(self.codes.shape[1]),
                 "semantic_id_distinct_prefixes": distinct,
                 "semantic_id_max_collisions": int(self.codes[:, -1].max() + 1),
-                "stopped_by_time_budget": getattr(self, "stopped_by_budget", False),
-                "training_log": getattr(self, "history_log", [])}
+                **({"training": r.summary(), "stopped_by_time_budget": r.out_of_time}
+                   if (r := getattr(self, "result", None)) is not None else {})}
+
+    def _save_extra(self, folder: Path) -> None:
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _state(self):
         state = {"codes": self.codes.astype(np.int64)}
         for k, v in self.net.state_dict().items():
-            state["net." + k] = v.detach().numpy()
+            state["net." + k] = v.detach().cpu().numpy()
         return state
 
     def _load_state(self, state, folder: Path) -> None:
-        import torch
         self.codes = state["codes"]
         self._setup()
-        self.net = _build_net(self.tokens, self.vocab, self.config)
-        self.net.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in state.items()
-                                  if k.startswith("net.")})
+        self._build()
+        try:
+            self.net.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in _old_layout(state).items()
+                                      if k.startswith("net.")})
+        except RuntimeError as e:
+            raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
         self.net.eval()
 
 

@@ -29,7 +29,9 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from .. import training
+from ..config import Checked, option
+from ..errors import ConfigError, DataError, LLMRecError
 from ..lm import load_causal_lm, resolve, torch_threads
 from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
 from .base import Recommender
@@ -39,32 +41,34 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass(frozen=True)
-class TitleGenConfig:
+class TitleGenConfig(Checked):
     model_name: str = "smollm2-135m"
     finetune: Literal["lora", "full", "none"] = "lora"  # none: the zero-shot baseline
     prompt: str = "Recently watched: {history}\nNext:"
     separator: str = "; "
     end: str = "\n"  # text that closes a generated title
-    max_history: int = 10
-    max_prompt_tokens: int = 256
-    steps: int = 150
-    batch_size: int = 8
-    learning_rate: float = 0.0  # 0: 1e-3 for LoRA, 5e-5 for full fine-tuning
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    beam_size: int = 10
-    top_k: int = 10
+    max_history: int = option(10, ge=0)
+    max_prompt_tokens: int = option(256, ge=1)
+    steps: int = option(150, ge=0)  # optimiser steps: one epoch of the shared training loop
+    batch_size: int = option(8, ge=1)
+    learning_rate: float = option(0.0, ge=0.0)  # 0: 1e-3 for LoRA, 5e-5 for full fine-tuning
+    lora_rank: int = option(16, ge=1)
+    lora_alpha: int = option(32, ge=1)
+    beam_size: int = option(10, ge=1)
+    top_k: int = option(10, ge=1)
     renormalize: bool = False  # score with log-probs renormalised over the trie's allowed tokens
-    invalid_sample: int = 50  # users decoded without constraints to measure the invalid-item rate
+    invalid_sample: int = option(50, ge=0)  # users decoded without constraints to measure the invalid-item rate
+    # validation NDCG@10 after training (a beam search per user: seconds each with a real LM, so off by
+    # default), on a fixed random sample of eval_users validation users (0 = all)
+    validate: bool = False
+    eval_users: int = option(100, ge=0)
+    max_minutes: float = option(0.0, ge=0.0)  # wall-clock training budget (0 = none), checked between steps
     seed: int = 0
-    threads: int = 0
+    device: str = "cpu"  # the torch device of the language model (auto = cuda when present)
+    threads: int = option(0, ge=0)  # torch CPU threads while fitting and scoring (0 = torch's default)
 
-    def __post_init__(self):
-        if "{history}" not in self.prompt:
-            raise ConfigError(f"TitleGenConfig.prompt: the template {self.prompt!r} has no {{history}} "
-                              "slot for the user's titles")
-        if self.max_history < 0 or self.beam_size < 1 or self.top_k < 1:
-            raise ConfigError("TitleGenConfig: max_history >= 0, beam_size >= 1 and top_k >= 1")
+    RULES = (("prompt", lambda c: "{history}" in c.prompt,
+              "the template {prompt!r} has no {{history}} slot for the user's titles"),)
 
 
 def item_titles(catalog) -> list[str]:
@@ -103,20 +107,21 @@ class _LMDecoder:
     def _logp(self, out):
         import torch
         self.cache = getattr(out, "cache", None) or out.past_key_values
-        return torch.log_softmax(out.logits[:, -1].float(), -1).numpy()
+        return torch.log_softmax(out.logits[:, -1].float(), -1).cpu().numpy()
 
     def start(self):
         import torch
         with torch.no_grad():
-            return self._logp(self.lm(input_ids=torch.tensor([self.prompt]), use_cache=True, **self.extra))
+            ids = torch.tensor([self.prompt], device=self.lm.device)
+            return self._logp(self.lm(input_ids=ids, use_cache=True, **self.extra))
 
     def step(self, parents, tokens):
         import torch
-        idx = torch.from_numpy(np.asarray(parents, dtype=np.int64))
+        idx = torch.from_numpy(np.asarray(parents, dtype=np.int64)).to(self.lm.device)
         self.cache.reorder_cache(idx)
         with torch.no_grad():
-            return self._logp(self.lm(input_ids=torch.from_numpy(np.asarray(tokens))[:, None],
-                                      use_cache=True, **{self.cache_kw: self.cache}, **self.extra))
+            ids = torch.from_numpy(np.asarray(tokens, dtype=np.int64))[:, None].to(self.lm.device)
+            return self._logp(self.lm(input_ids=ids, use_cache=True, **{self.cache_kw: self.cache}, **self.extra))
 
 
 def _forward_params(lm) -> set[str]:
@@ -128,6 +133,7 @@ def _forward_params(lm) -> set[str]:
 class TitleGen(Recommender):
     name = "titlegen"
     Config = TitleGenConfig
+    supports_resume = True
 
     # -- set-up ------------------------------------------------------------------------------------
     def _load_lm(self):
@@ -136,6 +142,7 @@ class TitleGen(Recommender):
             self.lm, self.tok = _tiny_random_lm(resolve("smollm2-135m"), cfg.seed)
         else:
             self.lm, self.tok = load_causal_lm(cfg.model_name)
+        self.lm.to(training.device(cfg.device))
 
     def _setup(self) -> None:
         if len(self.catalog) == 0:
@@ -170,10 +177,17 @@ class TitleGen(Recommender):
             self._setup()
             self.train_seconds = 0.0
             self.losses: list[float] = []
+            self.result = None
             if self.config.finetune != "none" and self.config.steps > 0:
-                self._train(progress)
+                self._train(data, split, progress)
 
-    def _train(self, progress: bool) -> None:
+    # config keys a resumed run may change: they do not change what a finished step computed
+    RESUMABLE_CHANGES = ("max_minutes", "threads", "device", "validate", "eval_users")
+
+    def _train(self, data, split, progress: bool) -> None:
+        """``steps`` optimiser steps as one epoch of the shared loop (training.fit_loop): random
+        (history, next item) pairs, the loss on the title and end tokens only, gradients clipped to norm
+        1, the learning rate warmed up over 10 steps and decayed linearly to 0 at ``steps``."""
         import torch
         cfg = self.config
         torch.manual_seed(cfg.seed)
@@ -185,41 +199,56 @@ class TitleGen(Recommender):
         lr = cfg.learning_rate or (1e-3 if cfg.finetune == "lora" else 5e-5)
         params = [p for p in self.lm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / cfg.steps))
-        rng = np.random.default_rng(cfg.seed)
         users = [u for u, h in enumerate(self._histories) if len(h) >= 2]
         if not users:
             raise DataError("no user has two training interactions: nothing to fine-tune on")
         pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.end_ids[0]
-        t0 = time.perf_counter()
-        self.lm.train()
-        for step in range(cfg.steps):
-            rows, labels = [], []
-            for u in rng.choice(users, cfg.batch_size):
-                h = self._histories[u]
-                p = int(rng.integers(1, len(h)))
-                prompt, _ = self.prompt_ids(h[:p])
-                rows.append(prompt + self.seqs[h[p]])
-                labels.append([-100] * len(prompt) + self.seqs[h[p]])
-            n = max(len(r) for r in rows)
-            x = torch.tensor([r + [pad] * (n - len(r)) for r in rows])
-            y = torch.tensor([lab + [-100] * (n - len(lab)) for lab in labels])
-            att = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
-            loss = self.lm(input_ids=x, attention_mask=att, labels=y).loss
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
+        dev = self.lm.device
+
+        def batches(epoch: int):
+            rng = np.random.default_rng(cfg.seed)  # one epoch: the steps' pairs in one seeded stream
+            for s in range(cfg.steps):
+                rows, labels = [], []
+                for u in rng.choice(users, cfg.batch_size):
+                    h = self._histories[u]
+                    p = int(rng.integers(1, len(h)))
+                    prompt, _ = self.prompt_ids(h[:p])
+                    rows.append(prompt + self.seqs[h[p]])
+                    labels.append([-100] * len(prompt) + self.seqs[h[p]])
+                n = max(len(r) for r in rows)
+                yield (s, torch.tensor([r + [pad] * (n - len(r)) for r in rows]),
+                       torch.tensor([lab + [-100] * (n - len(lab)) for lab in labels]),
+                       torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows]))
+
+        def step(batch) -> torch.Tensor:
+            s, x, y, att = batch
+            for g in opt.param_groups:  # the rate of step s: warm-up, then linear decay
+                g["lr"] = lr * min(1.0, (s + 1) / 10) * max(0.0, 1 - s / cfg.steps)
+            loss = self.lm(input_ids=x.to(dev), attention_mask=att.to(dev), labels=y.to(dev)).loss
             self.losses.append(round(float(loss.detach()), 4))
-            if progress and (step % 10 == 0 or step == cfg.steps - 1):
-                print(f"titlegen step {step + 1}/{cfg.steps} loss {self.losses[-1]:.3f} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
-        self.lm.eval()
-        if cfg.finetune == "lora":
-            self.lm.merge_adapter()  # same speed as the base model when generating
+            if progress and (s % 10 == 0 or s == cfg.steps - 1):
+                print(f"titlegen step {s + 1}/{cfg.steps} loss {self.losses[-1]:.3f}", flush=True)
+            return loss
+
+        validate = (training.validator(self, data, split, cfg.eval_users, cfg.seed, before=self._merged)
+                    if cfg.validate else None)
+        t0 = time.perf_counter()
+        self.result = training.fit_loop(
+            self.lm, opt, batches, step, validate, epochs=1, checkpoint_dir=self.checkpoint_dir,
+            fingerprint=training.fingerprint(self, data, self.RESUMABLE_CHANGES), progress=False,
+            desc=f"{self.name} {data.name}", grad_clip=1.0, max_seconds=60.0 * cfg.max_minutes,
+            batches_per_epoch=cfg.steps)
+        self._merged()
         self.train_seconds = time.perf_counter() - t0
+
+    def _merged(self) -> None:
+        """Eval mode, a LoRA adapter merged into the weights (the base model's speed when generating)."""
+        self.lm.eval()
+        if self.config.finetune == "lora" and hasattr(self.lm, "merge_adapter") and not self._adapter_merged():
+            self.lm.merge_adapter()
+
+    def _adapter_merged(self) -> bool:
+        return any(getattr(m, "merged", False) for m in self.lm.modules() if hasattr(m, "merged_adapters"))
 
     # -- recommending ------------------------------------------------------------------------------
     def generate(self, history: np.ndarray):
@@ -281,23 +310,37 @@ class TitleGen(Recommender):
     def _state(self):
         return {"n_items": np.array([len(self.catalog)], dtype=np.int64)}
 
-    def save(self, folder, card=None):
-        folder = Path(super().save(folder, card))
-        if self.config.finetune == "lora" and hasattr(self.lm, "peft_config"):
+    def _parts(self) -> list[str]:
+        """The folders a checkpoint of this config must hold: the LoRA adapter or the full model, when
+        training ran (``finetune`` lora/full with ``steps`` > 0)."""
+        cfg = self.config
+        if cfg.steps == 0 or cfg.finetune == "none":
+            return []
+        return ["adapter"] if cfg.finetune == "lora" else ["lm"]
+
+    def _save_extra(self, folder: Path) -> None:
+        """The adapter (lora) or the whole model and tokenizer (full), written into the folder being built."""
+        folder = Path(folder)
+        if "adapter" in self._parts() and hasattr(self.lm, "peft_config"):
             self.lm.save_pretrained(folder / "adapter")
-        elif self.config.finetune == "full":
+        elif "lm" in self._parts():
             self.lm.save_pretrained(folder / "lm")
             self.tok.save_pretrained(folder / "lm")
-        return folder
+        training.save_training_files(getattr(self, "result", None), self.checkpoint_dir, folder, self.name)
 
     def _load_state(self, state, folder: Path) -> None:
         cfg = self.config
+        missing = [p for p in self._parts() if not (folder / p).is_dir()]
+        if missing:
+            raise LLMRecError(f"{folder}: a finetune={cfg.finetune} checkpoint without its {missing[0]}/ folder "
+                              "(the trained weights); save the model again or retrain it")
         with torch_threads(cfg.threads):
-            if cfg.finetune == "full" and (folder / "lm").exists():
+            if "lm" in self._parts():
                 self.lm, self.tok = load_causal_lm(str(folder / "lm"))
+                self.lm.to(training.device(cfg.device))
             else:
                 self._load_lm()
-                if cfg.finetune == "lora" and (folder / "adapter").exists():
+                if "adapter" in self._parts():
                     from peft import PeftModel
                     self.lm = PeftModel.from_pretrained(self.lm, str(folder / "adapter")).eval()
                     self.lm.merge_adapter()

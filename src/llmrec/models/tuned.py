@@ -15,25 +15,27 @@ import numpy as np
 import torch
 
 from .. import finetune, training
+from ..config import Checked, option
+from ..lm import torch_threads
 from ..text import item_texts
 from .base import Recommender
 
 
 @dataclass(frozen=True)
-class TunedEncoderConfig:
+class TunedEncoderConfig(Checked):
     encoder: str = "minilm"      # the starting sentence-transformers model (name or folder)
-    epochs: int = 5
-    steps_per_epoch: int = 100
-    batch_size: int = 32
-    learning_rate: float = 3e-5
-    history_items: int = 5       # items of history in the query text
-    temperature: float = 0.05
-    patience: int = 2
-    eval_users: int = 500        # validation users per epoch (a fixed random sample; 0 = all)
-    max_minutes: float = 0.0
+    epochs: int = option(5, ge=0)
+    steps_per_epoch: int = option(100, ge=1)
+    batch_size: int = option(32, ge=1)
+    learning_rate: float = option(3e-5, gt=0.0)
+    history_items: int = option(5, ge=1)  # items of history in the query text
+    temperature: float = option(0.05, gt=0.0)
+    patience: int = option(2, ge=1)
+    eval_users: int = option(500, ge=0)  # validation users per epoch (a fixed random sample; 0 = all)
+    max_minutes: float = option(0.0, ge=0.0)
     seed: int = 0
     device: str = "auto"
-    threads: int = 0
+    threads: int = option(0, ge=0)  # torch CPU threads while fitting (0 = torch's default)
 
 
 class TunedEncoder(Recommender):
@@ -42,8 +44,11 @@ class TunedEncoder(Recommender):
     supports_resume = True
 
     def _fit(self, data, train, split, progress) -> None:
+        with torch_threads(self.config.threads):
+            self._train(data, split, progress)
+
+    def _train(self, data, split, progress) -> None:
         c = self.config
-        training.set_threads(c.threads)
         training.seed_everything(c.seed)
         self.device = training.device(c.device)
         self.encoder = finetune.load_encoder(c.encoder, self.device)
@@ -88,8 +93,7 @@ class TunedEncoder(Recommender):
 
     def _save_extra(self, folder: Path) -> None:
         self.encoder.save(str(Path(folder) / "encoder"))
-        if self.result is not None:
-            training.write_history(self.result, folder, self.name)
+        training.save_training_files(self.result, self.checkpoint_dir, folder, self.name)
 
     def _state(self):
         return {"item_vecs": self.item_vecs}
