@@ -324,3 +324,15 @@ def test_fit_tunes_an_approximate_index_on_users_queries(topics, tmp_path):
     off = models.get("zero-shot", encoder="test-bow", cache=False, index="hnsw", tune_queries=0)
     off.fit(topics, progress=False)
     assert off.index_tuning == {} and off.index.params["ef_search"] == 512
+
+
+def test_reindex_rebuilds_the_index_without_encoding(topics):
+    m = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
+    users = list(topics.users.ids()[:10])
+    before = m.recommend(users=users, k=5)
+    vectors = m.item_vectors
+    tuning = m.reindex("ivf")
+    assert m.config.index == "ivf" and m.index.kind == "ivf" and m.item_vectors is vectors
+    assert tuning["param"] == "nprobe" and tuning["recall_at_k"] >= 0.95
+    after = m.recommend(users=users, k=5)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(before.item_ids, after.item_ids)]) >= 0.9

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -163,6 +163,15 @@ class ZeroShot(Recommender):
         self.cache_hits = getattr(enc, "hits", 0) - hits0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
+
+    def reindex(self, index: str) -> dict:
+        """Rebuild the item index as ``index`` (exact | hnsw | ivf) over the vectors the model has, with
+        no encoding, and tune it as ``fit`` does (on the histories the model still holds); the tuning."""
+        self._check_fitted()
+        self.config = replace(self.config, index=index)
+        self._set_vectors(self.raw_vectors)
+        self.index_tuning = self._tune_index()
+        return self.index_tuning
 
     def _set_vectors(self, raw: np.ndarray, build_index: bool = True) -> None:
         self.raw_vectors = np.asarray(raw, np.float32)
