@@ -326,9 +326,10 @@ class ZeroShot(Recommender):
         """Per item: the history items closest to it (cosine) with the tags they share, and for a profile
         the profile words closest to it and the item's tags the profile mentions."""
         titles, tags = self.catalog.titles(), self.tags
-        unit = l2_normalize(self.item_vectors)
         h = np.asarray(history, np.int64)[-self.config.max_history:]
         h = np.array(list(dict.fromkeys(h[::-1].tolist())), dtype=np.int64)  # distinct, most recent first
+        rows = np.union1d(h, np.asarray(items, np.int64))  # only these rows normalised, not the catalogue
+        unit = dict(zip(rows.tolist(), l2_normalize(self.item_vectors[rows])))
         words, wv = [], None
         if profile:
             words = profile_words(profile) or [profile]
@@ -338,14 +339,14 @@ class ZeroShot(Recommender):
         for i in items:
             e: dict = {"because": [], "shared_tags": []}
             if len(h):
-                s = unit[h] @ unit[i]
+                s = np.stack([unit[j] for j in h.tolist()]) @ unit[int(i)]
                 for j in np.argsort(-s, kind="stable")[:n]:
                     shared = [t for t in tags[i] if t in set(tags[h[j]])]
                     e["because"].append({"item_id": self.catalog.ids.id(h[j]), "title": titles[h[j]],
                                          "similarity": round(float(s[j]), 4), "shared_tags": shared})
                     e["shared_tags"] += [t for t in shared if t not in e["shared_tags"]]
             if profile:
-                s = wv @ unit[i]
+                s = wv @ unit[int(i)]
                 e["profile_words"] = [{"word": words[j], "similarity": round(float(s[j]), 4)}
                                       for j in np.argsort(-s, kind="stable")[:n]]
                 low = profile.lower()
