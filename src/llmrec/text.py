@@ -82,11 +82,13 @@ def split_tags(value) -> list[str]:
     return [t.strip().lower() for t in re.split(r"[,;|]", s) if t.strip()] if s else []
 
 
-def item_tags(catalog: Catalog) -> list[list[str]]:
-    """Each item's tags and genres as lower-case lists (empty when the catalogue has neither)."""
+def item_tags(catalog: Catalog, rows=None) -> list[list[str]]:
+    """Each item's (or each of ``rows``') tags and genres as lower-case lists (empty when the catalogue
+    has neither)."""
     cols = [c for c in ("tags", "genres") if c in catalog.frame.columns]
+    frame = catalog.frame if rows is None else catalog.frame.iloc[np.asarray(rows, np.int64)]
     out = []
-    for rec in catalog.frame[cols].to_dict("records") if cols else [{}] * len(catalog):
+    for rec in frame[cols].to_dict("records") if cols else [{}] * len(frame):
         tags = []
         for c in cols:
             tags += split_tags(rec.get(c))

@@ -95,7 +95,6 @@ class ZeroShot(Recommender):
         self.encoder_name: str | None = None if self.config.encoder == "auto" else self.config.encoder
         self._encoder: encoders.Encoder | None = None
         self.item_vectors: np.ndarray | None = None
-        self._tags: list[list[str]] | None = None
         self.encode_seconds, self.cache_hits = 0.0, 0
 
     # -- fitting: encode the catalogue -------------------------------------------------------------
@@ -185,7 +184,6 @@ class ZeroShot(Recommender):
         if build_index:
             self.index = vindex.make(self.config.index, self.config.metric).add(self.item_vectors)
             self._stale = np.zeros(0, np.int64)
-        self._tags = None
 
     def add_items(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
         """Add or update items by their text alone; they are recommendable at once. Returns their indices.
@@ -313,23 +311,18 @@ class ZeroShot(Recommender):
         return np.where(np.isfinite(top), np.take_along_axis(all_ids, order, 1), -1), top
 
     # -- explanations -------------------------------------------------------------------------------
-    @property
-    def tags(self) -> list[list[str]]:
-        if self._tags is None:
-            self._tags = item_tags(self.catalog)
-        return self._tags
-
     def explain_items(self, history, items) -> list[dict]:
         return self._explain(np.asarray(history, np.int64), np.asarray(items, np.int64), None)
 
     def _explain(self, history: np.ndarray, items: np.ndarray, profile: str | None, n: int = 3) -> list[dict]:
         """Per item: the history items closest to it (cosine) with the tags they share, and for a profile
         the profile words closest to it and the item's tags the profile mentions."""
-        titles, tags = self.catalog.titles(), self.tags
         h = np.asarray(history, np.int64)[-self.config.max_history:]
         h = np.array(list(dict.fromkeys(h[::-1].tolist())), dtype=np.int64)  # distinct, most recent first
-        rows = np.union1d(h, np.asarray(items, np.int64))  # only these rows normalised, not the catalogue
+        rows = np.union1d(h, np.asarray(items, np.int64))  # what is read of the catalogue: these rows only
         unit = dict(zip(rows.tolist(), l2_normalize(self.item_vectors[rows])))
+        tags = dict(zip(rows.tolist(), item_tags(self.catalog, rows)))
+        titles = dict(zip(rows.tolist(), self.catalog.titles(rows)))
         words, wv = [], None
         if profile:
             words = profile_words(profile) or [profile]
