@@ -52,6 +52,8 @@ def one(model_name: str, n_items: int, args) -> dict:
     if model_name == "sasrec":
         config = {"threads": 1, "epochs": args.sasrec_epochs, "max_minutes": args.sasrec_minutes,
                   "eval_users": 1000, "patience": 100}
+    elif model_name == "itemknn":
+        config = {"threads": 1}
     elif model_name == "zero-shot":
         config = {"index": args.zeroshot_index, "encoder": args.zeroshot_encoder, "cache": False}  # encode
     model = models.get(model_name, config)

@@ -46,6 +46,10 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
         if workers:
             notes.append(f"members trained in {len(workers)} worker processes, peak MB "
                          + " / ".join(f"{w:.0f}" for w in workers))
+        if r.get("selection"):
+            sel = r["selection"]
+            notes.append(f"{sel['key']}={sel['chosen']} chosen on validation NDCG@10 among "
+                         f"{', '.join(sel['valid_NDCG@10'])} (peak MB over every candidate)")
         if r.get("note"):
             notes.append("see `note` in its JSON")
         notes = "; ".join(notes)
