@@ -74,6 +74,7 @@ def test_a_killed_run_resumes_from_its_finished_chunks(knn, tmp_path):
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name != "part-00001.parquet"}
     (out / "part-00001.parquet").unlink()  # the chunk being written when the run was killed ...
     (out / ".part-00001.parquet.4242.tmp").write_bytes(b"PAR1 half")  # ... left its temporary file
+    (out / "._job.json.4242.tmp").write_text("{")
     time.sleep(0.01)
     res = batch.recommend(knn, out, k=5, chunk_size=100)
     assert res["chunks_computed"] == 1 and res["chunks_resumed"] == 2

@@ -81,7 +81,8 @@ def part_name(chunk: int) -> str:
 
 def _ours(name: str) -> bool:
     """A file a batch run writes into its folder: a part, a part being written, or the job file."""
-    return name == JOB_FILE or (name.startswith(("part-", ".part-")) and ".parquet" in name)
+    return (name == JOB_FILE or name.startswith(f".{JOB_FILE}.")
+            or (name.startswith(("part-", ".part-")) and ".parquet" in name))
 
 
 def prepare(parts: Path, job: dict, overwrite: bool, out: Path) -> set[int]:
@@ -94,8 +95,8 @@ def prepare(parts: Path, job: dict, overwrite: bool, out: Path) -> set[int]:
     if foreign:
         raise LLMRecError(f"{out}: the folder holds files that are not batch results (e.g. {foreign[0]}); "
                           "choose an empty or new folder")
-    for n in names:  # a part a killed run was writing
-        if n.startswith(".part-"):
+    for n in names:  # a part (or the job file) a killed run was writing
+        if n.startswith("."):
             (parts / n).unlink()
     old = None
     if JOB_FILE in names:
@@ -125,8 +126,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 # -- one chunk ----------------------------------------------------------------------------------------
 def chunk_table(model, users: list[str], k: int, explain: bool):
-    """The rows of ``users``' top-k as a pyarrow Table (``SCHEMA`` or ``SCHEMA_EXPLAINED``), users in the
-    given order, best item first; a user with fewer than k recommendable items gets fewer rows."""
+    """The rows of ``users``' top-k as a pyarrow Table (``schema_for(explain)``), users in the given order,
+    best item first; a user with fewer than k recommendable items gets fewer rows."""
     import pyarrow as pa
 
     from .evaluate import block_users

@@ -415,7 +415,8 @@ def cmd_batch_recommend(args) -> int:
         _print_json(res)
     else:
         resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
-        print(f"top-{res['k']} for {res['users']:,} users ({res['rows']:,} rows, {res['chunks']} chunks{resumed}) "
+        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
+        print(f"top-{res['k']} for {res['users']:,} users ({res['rows']:,} rows, {chunks}{resumed}) "
               f"on {res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
     return 0
 
