@@ -193,3 +193,29 @@ def test_ray_writes_the_local_engines_files(data, tmp_path, local_ray):
     res = batch.recommend(checkpoints["itemknn"], out, k=10, chunk_size=64, engine="ray")
     assert res["chunks_computed"] == 1 and res["workers"] == 1
     pd.testing.assert_frame_equal(_frame(out), _frame(tmp_path / "itemknn-local"))
+
+
+def test_sigkill_mid_run_leaves_whole_parts_and_the_rerun_completes(knn, tmp_path):
+    import signal
+    import subprocess
+    out = tmp_path / "out"
+    code = (f"from llmrec import batch; batch.recommend({str(knn)!r}, {str(out)!r}, k=10, chunk_size=1, "
+            "explain=True)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and len(list(out.glob("part-*.parquet"))) >= 20) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    done = sorted(out.glob("part-*.parquet"))
+    assert 20 <= len(done) < 300
+    for p in done:  # every part file is whole
+        assert pq.read_metadata(p).num_rows == 10
+    res = batch.recommend(knn, out, k=10, chunk_size=1, explain=True)
+    assert res["chunks_resumed"] >= len(done) and res["chunks_computed"] == 300 - res["chunks_resumed"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    clean = tmp_path / "clean"
+    batch.recommend(knn, clean, k=10, chunk_size=1, explain=True)
+    pd.testing.assert_frame_equal(_frame(out), _frame(clean))
