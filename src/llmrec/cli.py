@@ -406,6 +406,21 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def cmd_batch_recommend(args) -> int:
+    from . import batch
+    res = batch.recommend(args.model_dir, args.out, k=args.k, users=args.users, explain=args.explain,
+                          engine=args.engine, address=args.address, num_cpus=args.num_cpus, workers=args.workers,
+                          chunk_size=args.chunk_size, overwrite=args.overwrite, progress=not args.json)
+    if args.json:
+        _print_json(res)
+    else:
+        resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
+        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
+        print(f"top-{res['k']} for {res['users']:,} users ({res['rows']:,} rows, {chunks}{resumed}) "
+              f"on {res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def _model_command(sub, name: str, help_: str, func: Handler) -> argparse.ArgumentParser:
     """A command over data and a model: the data, cleaning and model options, and --json."""
@@ -454,6 +469,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
+
+    b = sub.add_parser("batch", help="batch stages over a checkpoint, on this process or Ray").add_subparsers(
+        dest="batch_cmd", required=True)
+    s = b.add_parser("recommend", help="top-k for every known user (or a list) of a checkpoint, as Parquet")
+    s.add_argument("--model-dir", required=True, help="the checkpoint")
+    s.add_argument("--out", required=True, metavar="FILE_OR_FOLDER",
+                   help="a folder of part files, or one file ending .parquet")
+    s.add_argument("--users", metavar="FILE", help="user ids, one per line (default: every known user)")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--explain", action="store_true", help="add a reason column (a JSON string)")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data actors (the 'ray' extra)")
+    s.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray: auto (the cluster running here) or ray://HOST:PORT; default a local Ray")
+    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: every core)")
+    s.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per CPU of the cluster)")
+    s.add_argument("--chunk-size", type=int, default=1000, help="users per part file (default 1000)")
+    s.add_argument("--overwrite", action="store_true", help="replace another job's results in --out")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_batch_recommend)
 
     s = sub.add_parser("encoders", help="list the built-in text encoders")
     s.add_argument("--json", action="store_true")

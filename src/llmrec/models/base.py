@@ -258,25 +258,33 @@ def _card_text(model: Recommender, card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_model(folder: str | Path) -> Recommender:
-    """Load a checkpoint written by ``Recommender.save``; refuses other versions' formats clearly."""
-    from safetensors.numpy import load_file
-
-    from . import get
+def read_meta(folder: str | Path) -> dict:
+    """A checkpoint's config.json (model name, config, ``users``, card) without loading the model; refuses
+    a folder that is not a checkpoint and other versions' formats clearly."""
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.exists():
         raise LLMRecError(f"{folder}: not an llmrec checkpoint (no config.json)")
     try:
         meta = json.loads(cfg_path.read_text())
-        name = meta["model"]
-    except (json.JSONDecodeError, KeyError) as e:
+        meta["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise LLMRecError(f"{cfg_path}: not a valid llmrec checkpoint config ({e})") from None
     major = str(meta.get("llmrec_version", "0")).split(".")[0]
     if major != __version__.split(".")[0]:
         raise LLMRecError(f"{folder}: written by llmrec {meta.get('llmrec_version')}, this is "
                           f"{__version__}; retrain the model")
-    model = get(name, meta["config"])
+    return meta
+
+
+def load_model(folder: str | Path) -> Recommender:
+    """Load a checkpoint written by ``Recommender.save``; refuses other versions' formats clearly."""
+    from safetensors.numpy import load_file
+
+    from . import get
+    folder = Path(folder)
+    meta = read_meta(folder)
+    model = get(meta["model"], meta["config"])
     model.catalog = Catalog.from_frame(pd.read_parquet(folder / "catalog.parquet"))
     if len(model.catalog) != meta["n_items"]:
         raise LLMRecError(f"{folder}: catalogue has {len(model.catalog)} items, config says "
