@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import json_default
 from .errors import DataError, LLMRecError
 
 ENGINES = ("local", "ray")
@@ -143,7 +144,7 @@ def chunk_table(model, users: list[str], k: int, explain: bool):
             cols["item_id"] += [recs.item_ids[b][j] for j in ok]
             cols["score"] += [recs.scores[b][j] for j in ok]
             if explain:
-                cols["reason"] += [json.dumps(recs.explanations[b][j], ensure_ascii=False, default=_json_default)
+                cols["reason"] += [json.dumps(recs.explanations[b][j], ensure_ascii=False, default=json_default)
                                    for j in ok]
     if not explain:
         del cols["reason"]
@@ -156,14 +157,6 @@ def schema_for(explain: bool):
     import pyarrow as pa
     fields = [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
     return pa.schema(fields + ([("reason", pa.string())] if explain else []))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def write_part(table, parts: Path, chunk: int) -> Path:

@@ -10,22 +10,15 @@ import time
 from collections.abc import Callable
 
 from . import __version__
+from .config import json_default
 from .errors import LLMRecError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, ensure_ascii=False, default=_json_default))
+    print(json.dumps(obj, ensure_ascii=False, default=json_default))
 
-
-def _json_default(o):
-    import numpy as np
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _ks(spec: str) -> tuple[int, ...]:

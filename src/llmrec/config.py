@@ -155,6 +155,15 @@ def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def json_default(o: Any) -> Any:
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as their Python values."""
+    if hasattr(o, "item") and getattr(o, "ndim", None) == 0:
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["epochs=3", "learning_rate=0.01"]`` -> dict, values parsed as JSON when they parse (never eval)."""
     out: dict[str, Any] = {}

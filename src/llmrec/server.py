@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Annotated
 
-import numpy as np
 from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +33,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
+from .config import json_default
 from .errors import LLMRecError, UnknownNameError
 from .schemas import EVENT_EXAMPLE, EVENTS_DOC, EventsBody, EventsIn, ItemIn, PathId, RecommendIn, RecommendOut
 from .service import Engine
@@ -49,11 +49,10 @@ HEADER_TIMEOUT = 10.0    # seconds for a request line and headers to arrive
 
 
 def _default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    try:
+        return json_default(o)
+    except TypeError:
+        return str(o)
 
 
 def _json(obj, status: int = 200) -> Response:
