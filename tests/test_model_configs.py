@@ -33,6 +33,10 @@ BAD = [
     ("titlegen", "finetune", "qlora"),
     ("tuned-encoder", "steps_per_epoch", 0), ("tuned-encoder", "temperature", 0.0),
     ("tuned-encoder", "history_items", 0), ("tuned-encoder", "eval_users", -2),
+    ("itemknn", "neighbors", -1), ("itemknn", "shrinkage", -0.5), ("itemknn", "threads", -1),
+    ("zero-shot", "recency", 0.0), ("zero-shot", "recency", 1.5), ("zero-shot", "profile_weight", 2.0),
+    ("zero-shot", "max_history", 0), ("zero-shot", "recall", 0.0), ("zero-shot", "tune_queries", -1),
+    ("zero-shot", "index", "annoy"),
 ]
 # (model, config, the key named, message): rules across keys
 CROSS = [

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import ConfigError
+from ..config import Checked, option
 from .base import Recommender
 
 DENSE_MAX_ITEMS = 8192  # up to here a dense copy of the similarities (<= 256 MB) serves single queries
@@ -28,15 +28,10 @@ BLOCK_PRODUCTS = 1 << 22  # neighbors=0 (keep all): co-occurrence products per b
 
 
 @dataclass(frozen=True)
-class ItemKNNConfig:
-    neighbors: int = 40
-    shrinkage: float = 0.0
-    threads: int = 0  # threads computing the similarities (0: every core)
-
-    def __post_init__(self):
-        if self.neighbors < 0 or self.shrinkage < 0 or self.threads < 0:
-            raise ConfigError(f"ItemKNNConfig: neighbors, shrinkage and threads must be >= 0, got "
-                              f"{self.neighbors}, {self.shrinkage} and {self.threads}")
+class ItemKNNConfig(Checked):
+    neighbors: int = option(40, ge=0)  # 0 keeps all
+    shrinkage: float = option(0.0, ge=0.0)
+    threads: int = option(0, ge=0)  # threads computing the similarities (0: every core)
 
 
 class ItemKNN(Recommender):

@@ -31,6 +31,7 @@ import pandas as pd
 
 from .. import encoders
 from .. import index as vindex
+from ..config import Checked, option
 from ..data import Catalog, IdMap
 from ..errors import LLMRecError
 from ..metrics import top_k_excluding
@@ -40,20 +41,20 @@ from .base import Recommendations, Recommender
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(Checked):
     encoder: str = "auto"  # by the catalogue's language and size: see encoders.auto
     template: str = DEFAULT_TEMPLATE
     user: Literal["pool", "text"] = "pool"
-    recency: float = 0.5  # picked on validation HR@10 (ml-100k, ml-1m) from 1.0, 0.9, 0.7, 0.5, 0.3
-    max_history: int = 50
+    recency: float = option(0.5, gt=0.0, le=1.0)  # picked on validation HR@10 (ml-100k, ml-1m) from 1 to 0.3
+    max_history: int = option(50, ge=1)
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
     index: Literal["exact", "hnsw", "ivf"] = "exact"
-    profile_weight: float = 0.5
+    profile_weight: float = option(0.5, ge=0.0, le=1.0)
     center: bool = False
     cache: bool = True
-    batch_size: int = 64
-    recall: float = 0.95  # an approximate index's search set at fit to this recall@10 on users' queries
-    tune_queries: int = 500  # users (with a history) sampled for that; 0 keeps the index's defaults
+    batch_size: int = option(64, ge=1)
+    recall: float = option(0.95, gt=0.0, le=1.0)  # an approximate index tuned at fit to this recall@10
+    tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
 
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
@@ -80,16 +81,6 @@ class ZeroShot(Recommender):
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
-        if not 0.0 < self.config.recency <= 1.0:
-            raise LLMRecError(f"ZeroShotConfig.recency: must be in (0, 1], got {self.config.recency}")
-        if not 0.0 <= self.config.profile_weight <= 1.0:
-            raise LLMRecError(f"ZeroShotConfig.profile_weight: must be in [0, 1], got "
-                              f"{self.config.profile_weight}")
-        if self.config.max_history < 1:
-            raise LLMRecError(f"ZeroShotConfig.max_history: must be >= 1, got {self.config.max_history}")
-        if not 0.0 < self.config.recall <= 1.0 or self.config.tune_queries < 0:
-            raise LLMRecError(f"ZeroShotConfig.recall: must be in (0, 1] and tune_queries >= 0, got "
-                              f"{self.config.recall} and {self.config.tune_queries}")
         if self.config.encoder != "auto":
             encoders.resolve(self.config.encoder)  # an unknown name fails here, before any work
         self.encoder_name: str | None = None if self.config.encoder == "auto" else self.config.encoder
