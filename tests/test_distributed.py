@@ -39,6 +39,13 @@ def test_two_workers_train_as_one_process(tiny, tiny_split, block):
     assert two.result.best_score > 0.3  # it learned (popularity is about 0.1 here)
 
 
+def test_two_workers_train_textseq_as_one_process(tiny, tiny_split):
+    cfg = {**CFG, "epochs": 3, "encoder": "hash"}  # with the id embedding: text buffer and id table
+    one = models.get("textseq", cfg).fit(tiny, tiny_split, progress=False)
+    two = models.get("textseq", {**cfg, "workers": 2}).fit(tiny, tiny_split, progress=False)
+    _same_training(one, two)
+
+
 def test_time_budget_and_resume_with_two_workers(tiny, tiny_split, tmp_path):
     cfg = {**CFG, "epochs": 3, "batch_size": 16, "max_minutes": 1e-6, "workers": 2}
     cut = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path / "ck")

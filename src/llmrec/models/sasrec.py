@@ -358,7 +358,9 @@ class SequentialRecommender(Recommender):
 
         shard = None
         if distributed.world() > 1:
-            shard = torch.nn.parallel.DistributedDataParallel(ShardLoss(net, batch_loss))
+            # buffers (textseq's text vectors) are the same on every rank and never change: sent once
+            shard = torch.nn.parallel.DistributedDataParallel(ShardLoss(net, batch_loss),
+                                                            forward_sync_buffers=False)
 
         def step(batch: np.ndarray) -> torch.Tensor:
             b = torch.from_numpy(batch).to(self.device)
