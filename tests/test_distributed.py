@@ -39,6 +39,14 @@ def test_two_workers_train_as_one_process(tiny, tiny_split, block):
     assert two.result.best_score > 0.3  # it learned (popularity is about 0.1 here)
 
 
+def test_early_stopping_keeps_the_best_weights_with_two_workers(tiny, tiny_split):
+    cfg = {**CFG, "epochs": 20, "learning_rate": 2e-2, "patience": 1}  # overshoots after epoch 3
+    one = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False)
+    two = models.get("sasrec", {**cfg, "workers": 2}).fit(tiny, tiny_split, progress=False)
+    assert two.result.stopped_early and two.result.best_epoch < len(two.result.history) < 20
+    _same_training(one, two)  # same stop, and the best epoch's weights (the scores compared) on both
+
+
 def test_two_workers_train_textseq_as_one_process(tiny, tiny_split):
     cfg = {**CFG, "epochs": 3, "encoder": "hash"}  # with the id embedding: text buffer and id table
     one = models.get("textseq", cfg).fit(tiny, tiny_split, progress=False)
