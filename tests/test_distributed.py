@@ -9,6 +9,8 @@ training on rank 0's rows moves the losses by 6% relative, a shard's loss left u
 the batch's positions by 5e-4.
 """
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,25 @@ def test_errors_in_workers_reach_the_caller(tiny, tiny_split, tmp_path):
         models.get("sasrec", {**CFG, "workers": 2, "device": "cuda"}).fit(tiny, tiny_split, progress=False)
     with pytest.raises(ConfigError, match="workers"):
         models.get("sasrec", {**CFG, "workers": 0})
+
+
+@pytest.mark.slow
+def test_ray_train_engine_trains_as_one_process_and_passes_errors_on(tiny, tiny_split, tmp_path):
+    pytest.importorskip("ray.train")
+    cfg = {**CFG, "epochs": 3}
+    one = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path)
+    two = models.get("sasrec", {**cfg, "workers": 2, "engine": "ray", "epochs": 4})
+    two.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path)  # resumes what one process did
+    assert two.result.resumed_from == 3 and [h["epoch"] for h in two.result.history] == [1, 2, 3, 4]
+    plain = models.get("sasrec", {**cfg, "epochs": 4}).fit(tiny, tiny_split, progress=False)
+    _same_training(plain, two)
+    other = models.get("sasrec", {**cfg, "learning_rate": 1e-2, "workers": 2, "engine": "ray"})
+    with pytest.raises(LLMRecError, match="training state from another config.*learning_rate"):
+        other.fit(tiny, tiny_split, progress=False, checkpoint_dir=tmp_path)
+    assert [h["loss"] for h in one.result.history] == [h["loss"] for h in plain.result.history[:3]]
+
+
+def test_ray_engine_without_ray_names_the_extra(tiny, tiny_split, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(LLMRecError, match=r"needs the 'ray' extra: pip install 'llmrec\[ray\]'"):
+        models.get("sasrec", {**CFG, "workers": 2, "engine": "ray"}).fit(tiny, tiny_split, progress=False)

@@ -1,15 +1,19 @@
-"""Data-parallel training in local worker processes: torch DistributedDataParallel over gloo (CPU).
+"""Data-parallel training in worker processes: torch DistributedDataParallel over gloo (CPU).
 
-``run(fn, workers, *args)`` starts ``workers`` processes (torch.multiprocessing spawn), joins them in one
-process group (a file rendezvous in a temporary folder, so no port is chosen) and returns what ``fn``
-returned on rank 0. Inside a worker, ``rank()`` / ``world()`` say where it is, ``on_main(fn)`` runs ``fn``
-on rank 0 and gives its float to every rank, and ``main_says(flag)`` gives rank 0's flag to every rank
-(the training loop's time budget and early stopping must decide the same on every rank, or the next
-gradient all-reduce waits forever). Outside a worker they are the one-process answers.
+``run(fn, workers, *args)`` starts ``workers`` processes (torch.multiprocessing spawn), joins them in
+one process group (a file rendezvous in a temporary folder, so no port is chosen) and returns what
+``fn`` returned on rank 0. ``run(..., engine="ray")`` does the same through Ray Train's TorchTrainer (a
+local Ray, or the one already initialised, with its run folder on this machine's disk), rank 0's value
+coming back as its Ray checkpoint. Inside a
+worker, ``rank()`` / ``world()`` say where it is, ``on_main(fn)`` runs ``fn`` on rank 0 and gives its
+float to every rank, and ``main_says(flag)`` gives rank 0's flag to every rank (the training loop's time
+budget and early stopping must decide the same on every rank, or the next gradient all-reduce waits
+forever). Outside a worker they are the one-process answers.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
 from collections.abc import Callable
@@ -65,9 +69,11 @@ def sum_all(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def run(fn: Callable[..., Any], workers: int, *args: Any) -> Any:
+def run(fn: Callable[..., Any], workers: int, *args: Any, engine: str = "local") -> Any:
     """``fn(*args)`` in ``workers`` processes joined in a gloo process group; rank 0's return value.
     An LLMRecError raised in a worker is raised here unchanged."""
+    if engine == "ray":
+        return _run_ray(fn, workers, args)
     import torch.multiprocessing as mp
     with tempfile.TemporaryDirectory(prefix="llmrec-ddp-") as tmp:
         try:
@@ -90,3 +96,46 @@ def _worker(r: int, workers: int, tmp: str, fn: Callable[..., Any], args: tuple)
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _run_ray(fn: Callable[..., Any], workers: int, args: tuple) -> Any:
+    from .batch import connect
+    ray, started = connect()
+    try:
+        from ray.train import Checkpoint, RunConfig, ScalingConfig, WorkerGroupError
+        from ray.train.torch import TorchConfig, TorchTrainer
+    except ImportError:
+        raise LLMRecError("engine=ray needs Ray Train: pip install 'llmrec[ray]'") from None
+
+    cwd = os.getcwd()
+
+    def loop(_config) -> None:
+        import ray.train
+        if os.path.isdir(cwd):  # Ray may start a worker elsewhere; relative checkpoint folders mean here
+            os.chdir(cwd)
+        out = fn(*args)
+        with tempfile.TemporaryDirectory() as d:
+            if rank() == 0:
+                torch.save(out, Path(d) / RESULT_FILE)
+            ray.train.report({}, checkpoint=Checkpoint.from_directory(d) if rank() == 0 else None)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="llmrec-ray-train-") as tmp:
+            trainer = TorchTrainer(loop, torch_config=TorchConfig(backend="gloo"),
+                                   scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
+                                   run_config=RunConfig(storage_path=tmp, name="fit"))
+            try:
+                result = trainer.fit()
+            except WorkerGroupError as e:
+                for r in sorted(e.worker_failures):
+                    err = e.worker_failures[r]
+                    while err is not None and not isinstance(err, LLMRecError):
+                        err = err.__cause__
+                    if err is not None:
+                        raise err from None
+                raise LLMRecError(f"a Ray Train worker failed: {str(e).strip().splitlines()[-1]}") from e
+            with result.checkpoint.as_directory() as d:
+                return torch.load(Path(d) / RESULT_FILE, map_location="cpu", weights_only=False)
+    finally:
+        if started:
+            ray.shutdown()

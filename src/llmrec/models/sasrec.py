@@ -62,6 +62,7 @@ class SASRecConfig(Checked):
     device: str = "auto"        # auto = cuda when present, else cpu
     threads: int = option(0, ge=0)  # torch CPU threads while fitting and scoring (0 = torch's default)
     workers: int = option(1, ge=1)  # data-parallel training processes (DDP, gloo on CPU); batch_size is global
+    engine: Literal["local", "ray"] = "local"  # workers started here (torch spawn) or by Ray Train
     loss_chunk: int = option(128, ge=0)  # softmax CE in chunks of this many positions (0 = at once)
     bf16: bool = False          # bfloat16 products in the loss (fast on CPUs with AVX512-BF16 / AMX)
     loss: Literal["auto", "full", "sampled"] = "auto"  # auto: full up to SAMPLED_ABOVE items, else sampled
@@ -264,7 +265,7 @@ class SequentialRecommender(Recommender):
         raise NotImplementedError
 
     # config keys a resumed run may change: they do not change what a finished epoch computed
-    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device", "workers")
+    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device", "workers", "engine")
 
     # keys added after training states were first written, with the value those states were trained with:
     # left out of the fingerprint at that value, so older training states still resume
@@ -295,7 +296,8 @@ class SequentialRecommender(Recommender):
             if training.device(c.device).type != "cpu":
                 raise ConfigError(f"workers={c.workers}: data-parallel training runs on CPU (gloo); "
                                   f"set device=cpu, not {c.device!r}")
-            self._adopt(distributed.run(_fit_worker, c.workers, self, data, train, split, progress), data)
+            self._adopt(distributed.run(_fit_worker, c.workers, self, data, train, split, progress,
+                                        engine=c.engine), data)
             return
         with torch_threads(c.threads):
             self._train(data, train, split, progress)
