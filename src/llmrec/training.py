@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import to_dict
 from .errors import LLMRecError
 
@@ -149,8 +150,14 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     batches_per_epoch: the length of the per-batch progress bar (None: no total).
     lr_scale(epoch): a factor on each parameter group's initial learning rate for that (0-based) epoch,
     e.g. ``lr_schedule(...)``; a function of the epoch alone, so a resumed run continues the schedule.
+    In a data-parallel worker (llmrec.distributed) every rank runs this loop on its own share of each
+    batch: the time budget is rank 0's clock, ``validate`` must give every rank the same score (e.g.
+    ``distributed.on_main``), and only rank 0 writes the training state.
     """
     t_start = time.perf_counter()
+
+    def out_of_budget() -> bool:
+        return distributed.main_says(time.perf_counter() - t_start > max_seconds)
     res = LoopResult()
     best_state = None
     bad = 0
@@ -197,7 +204,7 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
         for j, batch in enumerate(batches(epoch)):
             if j < skip:  # done before the budget of an earlier run ran out
                 continue
-            if max_seconds > 0 and stepped and time.perf_counter() - t_start > max_seconds:
+            if max_seconds > 0 and stepped and out_of_budget():
                 cut = True
                 break
             stepped += 1
@@ -237,9 +244,9 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         best=f"{res.best_score:.4f}@{res.best_epoch}")
         stop = validate is not None and bad >= patience and not cut
         res.stopped_early = stop and not last
-        if cut or (max_seconds > 0 and time.perf_counter() - t_start > max_seconds and not last and not stop):
+        if cut or (max_seconds > 0 and out_of_budget() and not last and not stop):
             res.out_of_time = stop = True
-        if ck is not None:
+        if ck is not None and distributed.rank() == 0:
             ck.parent.mkdir(parents=True, exist_ok=True)
             tmp = ck.with_suffix(".tmp")
             torch.save({"fingerprint": fingerprint, "module": module.state_dict(),

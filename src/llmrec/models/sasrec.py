@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses, training
+from .. import distributed, losses, training
 from ..config import Checked, option, to_dict
 from ..errors import ConfigError, DataError, LLMRecError
 from ..lm import torch_threads
@@ -61,6 +61,8 @@ class SASRecConfig(Checked):
     seed: int = 0
     device: str = "auto"        # auto = cuda when present, else cpu
     threads: int = option(0, ge=0)  # torch CPU threads while fitting and scoring (0 = torch's default)
+    workers: int = option(1, ge=1)  # data-parallel training processes (DDP, gloo on CPU); batch_size is global
+    engine: Literal["local", "ray"] = "local"  # workers started here (torch spawn) or by Ray Train
     loss_chunk: int = option(128, ge=0)  # softmax CE in chunks of this many positions (0 = at once)
     bf16: bool = False          # bfloat16 products in the loss (fast on CPUs with AVX512-BF16 / AMX)
     loss: Literal["auto", "full", "sampled"] = "auto"  # auto: full up to SAMPLED_ABOVE items, else sampled
@@ -213,6 +215,33 @@ class Net(nn.Module):
         self.items, self.encoder = items, encoder
 
 
+class ShardLoss(nn.Module):
+    """One data-parallel rank's part of a batch's loss, for DistributedDataParallel to wrap.
+
+    Every rank builds the same whole batch (int64 [b, T], the same seed) and takes rows rank, rank + W, ...
+    (W ranks). Its mean loss is weighted by its share of the batch's real target positions, times W, so
+    DDP's average of the ranks' gradients is the gradient of the whole batch's mean loss: the same as one
+    process, up to the order of float sums (with dropout=0; dropout masks differ). The value returned is
+    the whole batch's mean loss on every rank (so every rank logs, and stops on, the same number)."""
+
+    def __init__(self, net: nn.Module, batch_loss):
+        super().__init__()
+        self.net, self.batch_loss = net, batch_loss
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        w, r = distributed.world(), distributed.rank()
+        n_all = int((b[:, :-1] > 0).sum())
+        mine = b[r::w]
+        n = int((mine[:, :-1] > 0).sum())
+        if n == 0:  # fewer rows than ranks: a zero gradient, so the all-reduce still sees every parameter
+            local = sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
+        else:
+            first = int((mine > 0).any(0).int().argmax())  # columns that are padding in every row go
+            local = self.batch_loss(mine[:, first:]) * (n * w / n_all)
+        total = distributed.sum_all(local) / w
+        return local + (total - local).detach()
+
+
 def pad_left(histories: list[np.ndarray], max_length: int) -> np.ndarray:
     """int64 [b, T]: each history's last ``max_length`` items, shifted by +1, left-padded with 0.
     T = the longest (cut) history, at least 1."""
@@ -236,7 +265,7 @@ class SequentialRecommender(Recommender):
         raise NotImplementedError
 
     # config keys a resumed run may change: they do not change what a finished epoch computed
-    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
+    RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device", "workers", "engine")
 
     # keys added after training states were first written, with the value those states were trained with:
     # left out of the fingerprint at that value, so older training states still resume
@@ -262,8 +291,28 @@ class SequentialRecommender(Recommender):
         self.net = Net(self._item_module(data, n_items), enc).to(self.device)
 
     def _fit(self, data, train, split, progress) -> None:
-        with torch_threads(self.config.threads):
+        c = self.config
+        if c.workers > 1 and not distributed.active():
+            if training.device(c.device).type != "cpu":
+                raise ConfigError(f"workers={c.workers}: data-parallel training runs on CPU (gloo); "
+                                  f"set device=cpu, not {c.device!r}")
+            self._adopt(distributed.run(_fit_worker, c.workers, self, data, train, split, progress,
+                                        engine=c.engine), data)
+            return
+        with torch_threads(c.threads):
             self._train(data, train, split, progress)
+
+    def _fitted(self) -> dict:
+        return {"net": self.net.state_dict(), "result": self.result, "loss": self.loss,
+                "popularity": self.popularity}
+
+    def _adopt(self, fitted: dict, data) -> None:
+        """Take the weights and training result a worker process fitted (``_fitted``)."""
+        self.device = training.device(self.config.device)
+        self.popularity, self.loss, self.result = fitted["popularity"], fitted["loss"], fitted["result"]
+        self._build(data, data.n_items)
+        self.net.load_state_dict(fitted["net"])
+        self.net.eval()
 
     def _train(self, data, train, split, progress) -> None:
         c = self.config
@@ -297,8 +346,7 @@ class SequentialRecommender(Recommender):
             for j in rng.permutation(len(chunks)):
                 yield pad_left([seqs[i] for i in chunks[j]], c.max_history + 1)
 
-        def step(batch: np.ndarray) -> torch.Tensor:
-            b = torch.from_numpy(batch).to(self.device)
+        def batch_loss(b: torch.Tensor) -> torch.Tensor:
             inp, tgt = b[:, :-1], b[:, 1:]
             keep = inp > 0                               # left padding: real input => real target
             table = net.items()
@@ -310,7 +358,19 @@ class SequentialRecommender(Recommender):
             cand, logq, t_logq = sample(t)
             return losses.sampled_softmax_ce(h, out, t, cand, logq, t_logq, chunk=c.loss_chunk)
 
+        shard = None
+        if distributed.world() > 1:
+            # buffers (textseq's text vectors) are the same on every rank and never change: sent once
+            shard = torch.nn.parallel.DistributedDataParallel(ShardLoss(net, batch_loss),
+                                                            forward_sync_buffers=False)
+
+        def step(batch: np.ndarray) -> torch.Tensor:
+            b = torch.from_numpy(batch).to(self.device)
+            return batch_loss(b) if shard is None else shard(b)
+
         validate = training.validator(self, data, split, c.eval_users, c.seed)
+        if validate is not None and shard is not None:
+            validate = distributed.on_main(validate)
 
         self.result = training.fit_loop(
             net, opt, batches, step, validate, epochs=c.epochs, patience=c.patience,
@@ -318,7 +378,7 @@ class SequentialRecommender(Recommender):
             fingerprint=self._fingerprint(data), progress=progress, desc=f"{self.name} {data.name}",
             max_seconds=60.0 * c.max_minutes, batches_per_epoch=-(-len(seqs) // c.batch_size),
             lr_scale=training.lr_schedule(c.lr_schedule, c.epochs, c.warmup_epochs))
-        if self.checkpoint_dir is not None:
+        if self.checkpoint_dir is not None and distributed.rank() == 0:
             training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
 
     def _logit_sides(self, users: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,6 +497,12 @@ class SequentialRecommender(Recommender):
         except RuntimeError as e:
             raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
         self.net.eval()
+
+
+def _fit_worker(model: SequentialRecommender, data, train, split, progress: bool) -> dict:
+    """One data-parallel rank's fit (run by distributed.run): what it fitted, for the parent to adopt."""
+    model._fit(data, train, split, progress and distributed.rank() == 0)
+    return model._fitted()
 
 
 class SASRec(SequentialRecommender):
