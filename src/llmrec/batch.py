@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import json_default
+from .config import json_default, usable_cores
 from .errors import DataError, LLMRecError
 
 ENGINES = ("local", "ray")
@@ -242,7 +242,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
         return ray, False
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address in (None, "", "local"):
-        kwargs["num_cpus"] = num_cpus or len(os.sched_getaffinity(0))
+        kwargs["num_cpus"] = num_cpus or usable_cores()
     else:
         if num_cpus:
             raise LLMRecError("--num-cpus applies to a local Ray; a cluster has its own (omit --address)")

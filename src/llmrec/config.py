@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import operator
+import os
 import types
 import typing
 from collections.abc import Callable
@@ -153,6 +154,14 @@ def load(cls: type[C], path: str | Path) -> C:
 
 def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (what ``threads=0`` means): its CPU affinity where the system
+    has one (Linux), else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def json_default(o: Any) -> Any:

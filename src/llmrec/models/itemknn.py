@@ -11,7 +11,6 @@ kept): the kernel fits Book-Crossing in about half its time.
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ..config import Checked, option
+from ..config import Checked, option, usable_cores
 from .base import Recommender
 
 DENSE_MAX_ITEMS = 8192  # up to here a dense copy of the similarities (<= 256 MB) serves single queries
@@ -144,7 +143,7 @@ def cosine_top_n(x: sp.spmatrix, neighbors: int, shrinkage: float = 0.0, threads
     if neighbors == 0:
         return _all_pairs(x, xt, todo, work, norms, shrinkage, block_products)
     neighbors = min(neighbors, max(n_items - 1, 1))  # the result holds rows x neighbors places
-    threads = threads or len(os.sched_getaffinity(0))
+    threads = threads or usable_cores()
     ends = np.cumsum(work)
     cuts = np.searchsorted(ends, ends[-1] * np.arange(1, threads) / threads) if len(todo) else []
     parts = np.split(todo, cuts)

@@ -130,6 +130,8 @@ class ZeroShot(Recommender):
         hist = [self._histories[u] for u in users]
         out = vindex.tune_to_recall(self.index, self.item_vectors, self.user_vectors(hist), exclude=hist,
                                     k=min(10, len(self.catalog)), target=c.recall)
+        if not out:  # nothing to tune (an empty index)
+            return out
         print(f"{self.name}: {c.index} index search {out['param']}={out['value']}, recall@10 "
               f"{out['recall_at_k']:.3f} on {out['queries']} users' queries (recall={c.recall})",
               file=sys.stderr, flush=True)
