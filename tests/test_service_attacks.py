@@ -269,6 +269,22 @@ def test_store_files_are_the_owners_only(engine, tmp_path):
     assert stat.S_IMODE(os.stat(old / Store.FILENAME).st_mode) == 0o600
 
 
+def _trickle_until_closed(s: socket.socket, chunk: bytes, tries: int) -> bool:
+    """Send ``chunk`` every quarter second, up to ``tries`` times, until the server closes the
+    connection; whether it did."""
+    s.settimeout(0.25)
+    for _ in range(tries):
+        try:
+            s.sendall(chunk)
+            if s.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
 def test_blank_lines_after_an_answer_do_not_hold_the_connection(engine):
     """httptools skips CRLFs between requests without starting one: a client sending one a second after
     its first answer held the connection for ever (no head timer, no keep-alive timer)."""
@@ -276,18 +292,7 @@ def test_blank_lines_after_an_answer_do_not_hold_the_connection(engine):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
-            s.settimeout(0.25)
-            closed = False
-            for _ in range(16):  # 4 s at most; the head timeout is 1 s
-                try:
-                    s.sendall(b"\r\n")
-                    closed = s.recv(65536) == b"" or closed
-                except TimeoutError:
-                    continue
-                except OSError:
-                    closed = True
-                if closed:
-                    break
+            closed = _trickle_until_closed(s, b"\r\n", 16)  # 4 s at most; the head timeout is 1 s
             assert closed, "still open after 4 s of blank lines"
 
 
@@ -367,18 +372,7 @@ def test_a_refusal_before_the_body_closes_the_connection(engine, head):
                 got += s.recv(65536)
             assert got.split(b" ")[1] in (b"413", b"400", b"415"), got[:200]
             assert b"connection: close" in got.lower()
-            s.settimeout(0.25)
-            closed = False
-            for _ in range(12):  # 3 s at most of a body trickling in
-                try:
-                    s.sendall(b" ")
-                    closed = s.recv(65536) == b""
-                except TimeoutError:
-                    continue
-                except OSError:
-                    closed = True
-                if closed:
-                    break
+            closed = _trickle_until_closed(s, b" ", 12)  # 3 s at most of a body trickling in
             assert closed, "the connection stayed open"
 
 
