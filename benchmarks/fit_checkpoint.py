@@ -61,12 +61,17 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     m.save(args.out, card={"dataset": ds.name})
     out["save_seconds"] = round(time.perf_counter() - t, 1)
+    return _write(args.result, out, load_before)
+
+
+def _write(path: Path, out: dict, load_before) -> int:
+    """The figures with peak memory, load averages and the machine, written to ``path`` and printed."""
     out["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     out["load_average_1_5_15_before_after"] = [[round(v, 2) for v in load_before],
                                                [round(v, 2) for v in os.getloadavg()]]
     out["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(out, indent=1) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
     return 0
 
@@ -77,6 +82,9 @@ def reindex(args, command: str) -> int:
     t = time.perf_counter()
     m = load_model(args.from_checkpoint)
     load_s = time.perf_counter() - t
+    from llmrec.models.zeroshot import ZeroShot
+    if not isinstance(m, ZeroShot):
+        sys.exit(f"--reindex: {args.from_checkpoint} holds a {m.name} model; only zero-shot has an item index")
     t = time.perf_counter()
     tuning = m.reindex(args.reindex)
     build_s = time.perf_counter() - t
@@ -85,14 +93,8 @@ def reindex(args, command: str) -> int:
     out = {"command": command, "date": dt.date.today().isoformat(), "from_checkpoint": str(args.from_checkpoint),
            "items": len(m.catalog), "index": args.reindex, "load_seconds": round(load_s, 1),
            "index_build_and_tune_seconds": round(build_s, 1), "index_tuning": tuning,
-           "save_seconds": round(time.perf_counter() - t, 1),
-           "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-           "load_average_1_5_15_before_after": [[round(v, 2) for v in load_before],
-                                                [round(v, 2) for v in os.getloadavg()]]}
-    args.result.parent.mkdir(parents=True, exist_ok=True)
-    args.result.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out, indent=1))
-    return 0
+           "save_seconds": round(time.perf_counter() - t, 1)}
+    return _write(args.result, out, load_before)
 
 
 if __name__ == "__main__":
