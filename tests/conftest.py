@@ -64,3 +64,18 @@ def engine(ds, tmp_path):
     e = service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "state", source="t")
     yield e
     e.store.close()
+
+
+# a throwaway Postgres cluster for the whole run (tests/pgkit.py): started on first use, stopped at the end
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from pgkit import Cluster
+    cluster = Cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """A fresh database on the session's cluster."""
+    return pg_cluster.new_database()

@@ -346,7 +346,57 @@ def _engine(args):
     config = _service_config(args)  # bad options fail before the model loads
     model, source = obtain(args, default_dataset=pipeline.DEFAULT_DATASET, text=True)
     data_dir = args.data_dir or service.default_data_dir(source)
-    return service.open_engine(model, data_dir, source, config), data_dir
+    engine = service.open_engine(model, data_dir, source, config, database=_database(args))
+    return engine, data_dir
+
+
+def _database(args) -> str | None:
+    """--database, else LLMREC_DATABASE, else None (SQLite in the data folder)."""
+    return args.database or os.environ.get("LLMREC_DATABASE") or None
+
+
+def _serve_workers(args) -> int:
+    """``--workers N``: bind the port here and run N ``llmrec serve`` processes on it, each with its own
+    model and the shared store; when one exits, the others are stopped and its exit code is returned."""
+    import signal
+    import socket
+    import subprocess
+    if not _database(args):
+        raise LLMRecError("--workers: several processes need a shared store: give --database "
+                          "postgresql://... (or LLMREC_DATABASE); over SQLite each would keep its own state")
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        raise LLMRecError(f"--port: cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    sock.listen(2048)
+    argv = [*args.argv, "--workers", "1", "--listen-fd", str(sock.fileno())]
+    procs = [subprocess.Popen([sys.executable, "-m", "llmrec.cli", *argv], pass_fds=(sock.fileno(),))
+             for _ in range(args.workers)]
+    print(f"llmrec: {args.workers} worker processes on {args.host}:{args.port} "
+          f"(pids {', '.join(str(p.pid) for p in procs)})", file=sys.stderr)
+
+    def stop(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = None
+    while code is None:
+        for p in procs:
+            try:
+                rc = p.wait(0.2)
+            except subprocess.TimeoutExpired:
+                continue
+            code = rc
+            break
+    stop(None, None)
+    for p in procs:
+        p.wait()
+    return code if code >= 0 else 128 - code
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -364,6 +414,10 @@ def cmd_serve(args) -> int:
         hosts = ["*"]
     else:
         hosts = list(dict.fromkeys([*([] if wildcard else [args.host]), *LOOPBACK, *args.allowed_host]))
+    if args.workers < 1:
+        raise LLMRecError(f"--workers: expected at least 1, got {args.workers}")
+    if args.workers > 1:
+        return _serve_workers(args)
     engine, data_dir = _engine(args)
     app = create_app(engine, api_key=key, insecure=args.insecure, protect_reads=args.protect_reads,
                      public_user_data=args.public_user_data, allowed_hosts=hosts)
@@ -372,7 +426,7 @@ def cmd_serve(args) -> int:
     users = ("PUBLIC (--public-user-data)" if args.public_user_data else
              "need LLMREC_API_KEY" if key else "closed (set LLMREC_API_KEY or pass --public-user-data)")
     print(f"llmrec: serving {engine.source}: {len(engine.catalog):,} items, {len(engine.user_ids(10**9)):,} "
-          f"users, {engine.store.count_events():,} stored events; state in {data_dir}\n"
+          f"users, {engine.store.count_events():,} stored events; state in {engine.store.location}\n"
           f"llmrec: writes {writes}; user data {users}; reads "
           f"{'need LLMREC_API_KEY' if args.protect_reads else 'open'}\n"
           f"llmrec: page http://{args.host}:{args.port}/  API docs http://{args.host}:{args.port}/docs",
@@ -382,7 +436,11 @@ def cmd_serve(args) -> int:
     if hosts == ["*"]:
         print("llmrec: WARNING: any Host header is answered (DNS rebinding): name this server's host names "
               "with --allowed-host", file=sys.stderr)
-    run(app, args.host, args.port)
+    sock = None
+    if args.listen_fd is not None:  # a worker of --workers: the parent's socket
+        import socket
+        sock = socket.socket(fileno=args.listen_fd)
+    run(app, args.host, args.port, sock=sock)
     return 0
 
 
@@ -514,7 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_data_options(s, required=False)  # default: ml-100k
         add_model_options(s)  # default model: zero-shot
         s.add_argument("--data-dir", help="where the service keeps its SQLite state (default: per source, "
-                                          "under the user data folder)")
+                                          "under the user data folder); with --database, its secret key")
+        s.add_argument("--database", metavar="URL",
+                       help="keep the state in Postgres (postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, or "
+                            "LLMREC_DATABASE), shared by replicas; default: SQLite in --data-dir")
         s.add_argument("--rating-scale", default="0:10", metavar="MIN:MAX",
                        help="accepted event values (default 0:10)")
         s.add_argument("--like-rating", type=float, default=3.0,
@@ -535,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                            help="a Host name to answer besides the --host address and loopback (repeatable); "
                                 "other Host headers get 400 (DNS rebinding)")
+            s.add_argument("--workers", type=int, default=1, metavar="N",
+                           help="N server processes on the port, over the shared --database (default 1)")
+            s.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
         else:
             s.add_argument("--out", required=True, help="checkpoint folder to write")
             s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -544,6 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if getattr(args, "json", False):
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:

@@ -46,3 +46,8 @@ class UnknownNameError(LLMRecError, KeyError):
 
 class ConfigError(LLMRecError):
     """A config key that does not exist or a value of the wrong type or range."""
+
+
+class StoreUnavailable(LLMRecError):
+    """The service's database cannot be reached (or answers with an error); names the store, never its
+    password. The server answers 503: the request may be retried."""

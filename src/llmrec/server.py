@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .config import json_default
-from .errors import LLMRecError, UnknownNameError
+from .errors import LLMRecError, StoreUnavailable, UnknownNameError
 from .schemas import EVENT_EXAMPLE, EVENTS_DOC, EventsBody, EventsIn, ItemIn, PathId, RecommendIn, RecommendOut
 from .service import Engine
 from .validation import Unsupported
@@ -333,6 +333,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         r.headers.update(e.headers or {})  # e.g. a 405's Allow
         return r
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request, e: StoreUnavailable):  # nothing was stored: the client may retry
+        r = _error(503, str(e), "store")
+        r.headers["retry-after"] = "1"
+        return r
+
     @app.exception_handler(LLMRecError)
     async def _llmrec(request, e: LLMRecError):
         field = getattr(e, "field", None)
@@ -539,8 +545,9 @@ def serve_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, *,
                           http=BoundedHead)
 
 
-def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve ``app`` with uvicorn (one worker, as `llmrec serve` does)."""
+def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, sock=None) -> None:
+    """Serve ``app`` with uvicorn (one process; ``sock``: a listening socket shared with other processes,
+    as ``llmrec serve --workers N`` passes)."""
     import gc
 
     import uvicorn
@@ -553,4 +560,4 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     # the cyclic collector, whose full passes over them otherwise pause requests for tens of ms.
     gc.collect()
     gc.freeze()
-    uvicorn.Server(serve_config(app, host, port)).run()
+    uvicorn.Server(serve_config(app, host, port)).run(sockets=None if sock is None else [sock])

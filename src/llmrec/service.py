@@ -11,6 +11,10 @@ No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module
 Concurrency: reads (recommendations, text queries) share the model; only swapping it (an item upsert, a
 retrain) waits for them and excludes them, so a slow text query never holds up the others.
 
+Replicas: over a shared store (a ``store.ChangeFeed``: Postgres) each server process applies what the
+others commit as the feed reports it (new events, forgotten users, added items), so every replica answers
+from the same state a few milliseconds later; after a gap in the feed it reloads everything.
+
 The engine owns each user's history: it takes the model's at start (``Recommender.take_histories``) and
 passes a query's history in with it, so forgetting a user happens in one place. Models declare what they
 can do beyond the base protocol (``llmrec.models.base``): an ``AddsItems`` model embeds new items' text
@@ -33,10 +37,10 @@ import numpy as np
 import pandas as pd
 
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
-from .errors import ConfigError, LLMRecError
+from .errors import ConfigError, LLMRecError, StoreUnavailable
 from .models import AddsItems, Recommender, TextQueries
 from .rwlock import ReadWriteLock
-from .store import Event, Store
+from .store import Change, ChangeFeed, Event, StateStore, open_store
 from .validation import (
     EVENT_TYPES,
     MAX_BATCH,
@@ -99,7 +103,7 @@ class ServiceConfig:
 class Engine:
     """A fitted model + a store + each user's current history. Thread-safe."""
 
-    def __init__(self, model: Recommender, store: Store, config: ServiceConfig | None = None,
+    def __init__(self, model: Recommender, store: StateStore, config: ServiceConfig | None = None,
                  source: str = ""):
         self.model, self.store = model, store
         self.config = config or ServiceConfig()
@@ -113,26 +117,54 @@ class Engine:
         self._catalog_version = 0
         self.skipped_on_load = 0
         self._erasure_timer: threading.Timer | None = None
-        self._load()
+        self.resyncs = 0
+        if self.store.get_meta("source") is None and self.source:
+            self.store.set_meta("source", self.source)
+        base = self.model.take_histories()  # the engine is their one owner from here on
+        shared = isinstance(store, ChangeFeed)
+        self._base = base if shared else None  # a shared store's resync rebuilds from them
+        if shared:
+            store.follow(self._on_change)  # listening before the view is loaded: nothing falls between
+        self._load(base)
         if self.store.erasure_pending:
             self._retry_erasure()
 
     # -- start-up ------------------------------------------------------------------------------------
-    def _load(self) -> None:
-        known = self.store.get_meta("source")
-        if known is None and self.source:
-            self.store.set_meta("source", self.source)
-        base = self.model.take_histories()  # the engine is their one owner from here on
-        forgotten = self.store.forgotten_among(list(base))
+    def _load(self, base: dict[str, np.ndarray]) -> None:
+        """The base histories without the forgotten users, the stored items, then every stored event,
+        all read in one view of the store."""
+        with self.store.reading():
+            forgotten = self.store.forgotten_among(list(base))
+            items = self.store.items()
+            events = self.store.events()
         self._hist = {uid: h for uid, h in base.items() if uid not in forgotten}
-        items = self.store.items()
+        self._disliked = {}
+        self.skipped_on_load = 0
         if items:
             self._upsert_catalog(items)
-        for ev in self.store.events():
+        for ev in events:
             if ev.item_id not in self.model.catalog.ids:
                 self.skipped_on_load += 1
                 continue
             self._apply(ev)
+
+    def _on_change(self, change: Change) -> None:
+        """Apply what another replica committed (called by the store's feed, in commit order)."""
+        with self._write_lock:
+            if change.kind == "events":
+                for ev in change.events:
+                    if ev.item_id in self.model.catalog.ids:
+                        self._apply(ev)
+            elif change.kind == "forget":
+                gone = [u for u in self._hist if self.store.user_key(u) == change.user_key]
+                for u in gone:
+                    self._hist.pop(u, None)
+                    self._disliked.pop(u, None)
+            elif change.kind == "items" and change.items:
+                self._upsert_catalog(list(change.items))
+            elif change.kind == "resync":
+                self._load(self._base)
+                self.resyncs += 1
 
     # -- reads ---------------------------------------------------------------------------------------
     @property
@@ -140,10 +172,17 @@ class Engine:
         return self.model.catalog
 
     def health(self) -> dict:
+        """Status and counts; while the store cannot be reached, ``store`` says why and ``events`` is None
+        (what is in memory is still served)."""
+        try:
+            events, store = self.store.count_events(), "ok"
+        except StoreUnavailable as e:
+            events, store = None, str(e)
         return {"status": "ok", "model": self.model.name, "source": self.source,
                 "items": len(self.catalog), "users": len(self._hist),
-                "events": self.store.count_events(), "skipped_on_load": self.skipped_on_load,
-                "text_queries": self.supports_text(), "erasure_pending": self.store.erasure_pending}
+                "events": events, "skipped_on_load": self.skipped_on_load,
+                "text_queries": self.supports_text(), "erasure_pending": self.store.erasure_pending,
+                "store": store}
 
     def user_ids(self, limit: int = 50, offset: int = 0) -> list[str]:
         ids = list(self._hist)
@@ -517,5 +556,12 @@ def default_data_dir(source: str) -> Path:
 
 
 def open_engine(model: Recommender, data_dir: str | Path, source: str = "",
-                config: ServiceConfig | None = None) -> Engine:
-    return Engine(model, Store(data_dir), config, source)
+                config: ServiceConfig | None = None, database: str | None = None) -> Engine:
+    """An engine over ``store.open_store(database, data_dir)``: SQLite in ``data_dir`` by default, or the
+    Postgres database at a ``postgresql://`` URL (the keyed hashes' secret still in ``data_dir``)."""
+    store = open_store(database, data_dir)
+    try:
+        return Engine(model, store, config, source)
+    except BaseException:
+        store.close()
+        raise

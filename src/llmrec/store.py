@@ -1,5 +1,7 @@
-"""Durable service state in one SQLite file: items added by text, feedback events, known users and what is
-left of the users who asked to be forgotten.
+"""Durable service state: items added by text, feedback events, known users and what is left of the users who
+asked to be forgotten. ``StateStore`` is the interface the engine uses; ``Store`` keeps it in one SQLite
+file (the embedded default), ``llmrec.pgstore.PgStore`` in Postgres (shared by replicas); ``open_store``
+chooses. Both keep a versioned schema (``MIGRATIONS``-style lists, ``pending_migrations`` checks them).
 
 The journal is WAL with ``synchronous=FULL``: when a write method returns, its rows are on disk and survive
 a SIGKILL or a power cut. Events carry an ``event_id``, unique per user: storing the same (user, event id)
@@ -26,10 +28,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+from . import __version__
 from .errors import DataError
 
 EVENTS = """
@@ -52,6 +57,9 @@ CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, seq);
 CREATE TABLE IF NOT EXISTS forgotten_users (hash TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS forgotten_events (hash TEXT PRIMARY KEY);
 """
+# Migration i (1-based) brings a store from schema version i - 1 to i; meta's ``schema_version`` records
+# where a store is. Add a table by appending a step here (and to ``pgstore.MIGRATIONS``).
+MIGRATIONS: tuple[str, ...] = (SCHEMA,)
 SECRET_FILE = "secret.key"
 CHECKPOINT_WAIT_MS = 200  # how long one erasure attempt waits for readers to move on
 
@@ -68,30 +76,98 @@ class Event:
     ts: float = 0.0
 
 
+@dataclass(frozen=True)
+class Change:
+    """What another replica committed, as a shared store's feed reports it: ``kind`` is ``events`` (new
+    ``events``), ``forget`` (the user whose keyed hash is ``user_key`` was forgotten), ``items`` (``items``
+    rows added or replaced) or ``resync`` (changes may have been missed: reload everything)."""
+
+    kind: str
+    events: tuple[Event, ...] = ()
+    user_key: str = ""
+    items: tuple[dict, ...] = field(default=())
+
+
+class StateStore(Protocol):
+    """What the service engine needs of a store. Every write method commits durably before it returns."""
+
+    erasure_pending: bool
+    location: str  # where the state is, for messages (never a password)
+
+    def close(self) -> None: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
+    def add_events(self, events: list[Event]) -> list[bool]: ...
+    def events(self, user_id: str | None = None) -> Iterator[Event]: ...
+    def has_user(self, user_id: str) -> bool: ...
+    def count_events(self) -> int: ...
+    def upsert_items(self, rows: list[dict]) -> None: ...
+    def items(self) -> list[dict]: ...
+    def forget_user(self, user_id: str) -> tuple[int, bool]: ...
+    def finish_erasure(self) -> bool: ...
+    def forgotten_among(self, user_ids: Iterable[str]) -> set[str]: ...
+    def reading(self) -> AbstractContextManager: ...
+    def user_key(self, user_id: str) -> str: ...
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """A store shared by several server processes, which reports what the others commit."""
+
+    def follow(self, on_change: Callable[[Change], None]) -> None:
+        """Call ``on_change`` (on a feed thread) for each change another process commits, in commit
+        order, from the moment the store was opened; ``resync`` after a gap."""
+
+
+def pending_migrations(found: int, steps: Sequence, where: str) -> list[tuple[int, object]]:
+    """The (version, step) pairs that bring a store at schema version ``found`` to ``len(steps)``;
+    a store from a newer llmrec is refused, naming both versions."""
+    if found > len(steps):
+        raise DataError(f"schema version {found} was written by a newer llmrec; this llmrec ({__version__}) "
+                        f"knows schema versions up to {len(steps)}: upgrade llmrec to serve this store",
+                        path=where)
+    return list(enumerate(steps, 1))[found:]
+
+
+def open_store(database: str | None, data_dir: str | Path) -> StateStore:
+    """The store for ``database``: a ``postgresql://`` URL (Postgres, the keyed hashes' secret in
+    ``data_dir``) or None (SQLite in ``data_dir``)."""
+    if database and database.split("://", 1)[0] in ("postgresql", "postgres"):
+        from .pgstore import PgStore
+        return PgStore(database, data_dir)
+    if database:
+        raise DataError("expected a postgresql://USER@HOST:PORT/DB URL (or none for SQLite in --data-dir)",
+                        field="--database")
+    return Store(data_dir)
+
+
 def _legacy_user_hash(user_id: str) -> str:
     """The unkeyed tombstone of stores written before the secret existed (migrated on first use)."""
     return hashlib.sha256(f"llmrec-forgotten:{user_id}".encode()).hexdigest()
 
 
 def _read_secret(folder: Path) -> bytes:
-    """The store's 32-byte secret, created once (readable by the owner only)."""
+    """The store's 32-byte secret, created once (readable by the owner only). Written whole to a
+    temporary file and linked into place, so processes starting together all read the same one."""
     path = folder / SECRET_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        fd = None
-    if fd is None:
-        secret = path.read_bytes()
-        if len(secret) != 32:
-            raise DataError("not a 32-byte secret: the store's keyed hashes need it; restore it from a "
-                            "backup (a new secret makes the record of forgotten users unreadable)",
-                            path=str(path))
-        return secret
-    secret = os.urandom(32)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret)
-        f.flush()
-        os.fsync(f.fileno())
+    if not path.exists():
+        tmp = folder / f".{SECRET_FILE}.{os.getpid()}.{threading.get_ident()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process was first: its secret counts
+        finally:
+            os.unlink(tmp)
+    secret = path.read_bytes()
+    if len(secret) != 32:
+        raise DataError("not a 32-byte secret: the store's keyed hashes need it; restore it from a "
+                        "backup (a new secret makes the record of forgotten users unreadable)",
+                        path=str(path))
     return secret
 
 
@@ -114,8 +190,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
+        self.location = str(self.path)
         self._migrate()
-        self._db.executescript(SCHEMA)
+        self._versioned()
         self.erasure_pending = bool(self.get_meta("erasure_pending"))
         if self.erasure_pending:
             self.finish_erasure()
@@ -143,9 +220,32 @@ class Store:
                 db.execute("DROP TABLE forgotten")
         self._write(tx)
 
+    def _versioned(self) -> None:
+        """Apply the pending ``MIGRATIONS`` in one transaction (a store from before versioning is at 0)."""
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        found = int(self.get_meta("schema_version") or 0)
+        steps = pending_migrations(found, MIGRATIONS, str(self.path))
+        if not steps:
+            return
+
+        def tx(db):
+            for version, script in steps:
+                for statement in filter(str.strip, script.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
+        self._write(tx)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def reading(self) -> AbstractContextManager:
+        """Reads in one view of the state (one connection and one writer: any view is one)."""
+        return nullcontext()
+
+    def user_key(self, user_id: str) -> str:
+        """The keyed hash a forgotten user's tombstone holds."""
+        return self._hash("user", user_id)
 
     def _write(self, fn):
         """Run ``fn(db)`` in one IMMEDIATE transaction; committed (and fsynced) when this returns."""

@@ -1,0 +1,208 @@
+"""The stores behind the service: SQLite and Postgres pass the same contract (events with ids unique per
+user, items, users, keyed tombstones, erasure, meta, versioned schema); Postgres's own parts: the change
+feed between two stores, the erasure checked in the table's pages, a server down at start."""
+
+import sqlite3
+import threading
+import time
+
+import psycopg
+import pytest
+
+from llmrec.errors import DataError, StoreUnavailable
+from llmrec.pgstore import PgStore, redact
+from llmrec.store import MIGRATIONS, ChangeFeed, Event, Store, open_store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def make(kind, tmp_path, request):
+    """make() -> a new store of the kind over one state (a second call reopens the same state)."""
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    opened = []
+
+    def make():
+        opened.append(open_store(url, tmp_path / "state"))
+        return opened[-1]
+    yield make
+    for s in opened:
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001 - closed by the test
+            pass
+
+
+def ev(eid, user="u1", item="i1", type_="view", value=None, ts=1.0):
+    return Event(eid, user, item, type_, value, ts)
+
+
+def test_events_are_idempotent_per_user(make):
+    s = make()
+    assert s.add_events([ev("e1"), ev("e2", item="i2"), ev("e1")]) == [True, True, False]
+    assert s.add_events([ev("e1"), ev("e1", user="u2")]) == [False, True], "ids are unique per user"
+    assert [(e.user_id, e.event_id) for e in s.events()] == [("u1", "e1"), ("u1", "e2"), ("u2", "e1")]
+    assert [e.item_id for e in s.events("u1")] == ["i1", "i2"]
+    assert s.count_events() == 3 and s.has_user("u2") and not s.has_user("nobody")
+    s.add_events([ev("r", type_="rating", value=4.5, ts=7.25)])
+    assert list(s.events("u1"))[-1] == Event("r", "u1", "i1", "rating", 4.5, 7.25)
+
+
+def test_items_upsert_in_first_added_order(make):
+    s = make()
+    s.upsert_items([{"item_id": "b", "title": "B"}, {"item_id": "a", "title": "A", "year": "1999"}])
+    s.upsert_items([{"item_id": "b", "title": "B2", "genres": "x"}])
+    assert s.items() == [{"item_id": "b", "title": "B2", "genres": "x"},
+                         {"item_id": "a", "title": "A", "year": "1999"}]
+
+
+def test_forget_leaves_keyed_tombstones_only(make):
+    s = make()
+    s.add_events([ev("e1", user="gone"), ev("e2", user="gone"), ev("e1", user="stays")])
+    assert s.forget_user("gone") == (2, True)
+    assert not s.has_user("gone") and [e.user_id for e in s.events()] == ["stays"]
+    assert s.add_events([ev("e1", user="gone"), ev("e3", user="gone")]) == [False, True], \
+        "a late retry of an acknowledged event brings nothing back; a new one starts a new user"
+    assert s.forgotten_among(["gone", "stays", "other"]) == {"gone"}
+    assert s.user_key("gone") != s.user_key("stays") and "gone" not in s.user_key("gone")
+    assert not s.erasure_pending
+    s.close()
+    again = make()  # the tombstones outlive a restart
+    assert again.forgotten_among(["gone"]) == {"gone"} and again.count_events() == 2
+
+
+def test_meta_and_schema_version(make):
+    s = make()
+    s.set_meta("source", "x")
+    s.set_meta("source", "y")
+    assert s.get_meta("source") == "y" and s.get_meta("none") is None
+    assert s.get_meta("schema_version") == str(len(MIGRATIONS))
+    s.close()
+    make().close()  # reopening a current store migrates nothing
+
+
+def test_newer_schema_is_refused_naming_both_versions(make, kind):
+    s = make()
+    s.set_meta("schema_version", "99")
+    s.close()
+    with pytest.raises(DataError, match=rf"schema version 99 .*newer llmrec.*up to {len(MIGRATIONS)}"):
+        make()
+
+
+def test_store_kinds(make, kind, tmp_path):
+    s = make()
+    assert isinstance(s, PgStore if kind == "postgres" else Store)
+    assert isinstance(s, ChangeFeed) == (kind == "postgres"), "only a shared store has a feed"
+    with s.reading():
+        assert s.count_events() == 0
+    with pytest.raises(DataError, match="--database"):
+        open_store("mysql://x/y", tmp_path / "other")
+
+
+def test_sqlite_store_from_before_versioning_is_migrated(tmp_path):
+    folder = tmp_path / "old"
+    Store(folder).close()
+    db = sqlite3.connect(folder / Store.FILENAME)
+    db.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    s = Store(folder)
+    assert s.get_meta("schema_version") == str(len(MIGRATIONS))
+    s.close()
+
+
+# -- Postgres only --------------------------------------------------------------------------------------
+def test_postgres_down_at_start_names_the_url_without_password(tmp_path):
+    url = "postgresql://llmrec:hunter2@127.0.0.1:1/llmrec"
+    with pytest.raises(StoreUnavailable) as e:
+        PgStore(url, tmp_path)
+    assert "postgresql://llmrec:***@127.0.0.1:1/llmrec" in str(e.value) and "hunter2" not in str(e.value)
+    assert redact("postgresql://u@h/db?password=pw&port=5") == "postgresql://u@h/db?password=***&port=5"
+
+
+def test_another_secret_is_refused(pg_url, tmp_path):
+    PgStore(pg_url, tmp_path / "a").close()
+    with pytest.raises(StoreUnavailable, match="secret.key"):
+        PgStore(pg_url, tmp_path / "b")
+
+
+def test_feed_reports_the_other_store_changes_in_commit_order(pg_url, tmp_path):
+    a, b = PgStore(pg_url, tmp_path), PgStore(pg_url, tmp_path)
+    got, arrived = [], threading.Event()
+
+    def on_change(c):
+        got.append(c)
+        if c.kind == "forget":
+            arrived.set()
+    a.add_events([ev("before")])  # committed before b follows: in b's loaded view, not in its feed
+    b.follow(on_change)
+    with b.reading():
+        assert [e.event_id for e in b.events()] == ["before"]
+    a.add_events([ev("x1"), ev("x2", item="i2")])
+    b.add_events([ev("mine")])  # b's own: not reported back to it
+    a.upsert_items([{"item_id": "n", "title": "New"}])
+    a.forget_user("u1")
+    assert arrived.wait(10), got
+    assert [c.kind for c in got] == ["events", "items", "forget"]
+    assert [e.event_id for e in got[0].events] == ["x1", "x2"]
+    assert got[1].items == ({"item_id": "n", "title": "New"},)
+    assert got[2].user_key == b.user_key("u1")
+    a.close()
+    b.close()
+
+
+def _pages(conn, relation: str) -> bytes:
+    n = conn.execute("SELECT pg_relation_size(%s) / 8192", (relation,)).fetchone()[0]
+    return b"".join(conn.execute("SELECT get_raw_page(%s, %s)", (relation, i)).fetchone()[0] for i in range(n))
+
+
+def _relations(conn) -> list[str]:
+    """Every table, partition and index of the store's user data (and their TOAST tables)."""
+    return [r[0] for r in conn.execute(
+        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname IN ('public', 'pg_toast') AND c.relkind IN ('r', 'i', 't') "
+        "AND pg_relation_size(c.oid) > 0")]
+
+
+def test_forgotten_user_is_gone_from_every_page(pg_url, tmp_path):
+    """After the delete no query returns the user's rows, and no page of any table or index holds their id
+    (read with pageinspect); before it, the pages did."""
+    s = PgStore(pg_url, tmp_path)
+    victim = "victim-7f3a9c"
+    for j in range(30):  # the victim's rows between other users' rows on the same pages
+        s.add_events([ev(f"e{j}", user=f"other{j}"), ev(f"e{j}", user=victim, item=f"i{j}"),
+                      ev(f"f{j}", user=f"other{j}")])
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        before = b"".join(_pages(c, r) for r in _relations(c))
+        assert victim.encode() in before, "the check can see the rows"
+        assert s.forget_user(victim) == (30, True)
+        for table in ("events", "users"):
+            assert c.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", (victim,)).fetchone()[0] == 0
+        after = {r: _pages(c, r) for r in _relations(c)}
+        assert not [r for r, b in after.items() if victim.encode() in b]
+        assert b"other3" in b"".join(after.values()), "other users' rows stay"
+    s.close()
+
+
+def test_erasure_waits_for_an_older_snapshot(pg_url, tmp_path):
+    s = PgStore(pg_url, tmp_path)
+    s.add_events([ev("e1", user="held")])
+    with psycopg.connect(pg_url) as reader:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute("SELECT count(*) FROM events").fetchone()[0] == 1  # a snapshot with the row
+        n, erased = s.forget_user("held")
+        assert (n, erased) == (1, False) and s.erasure_pending
+        reader.rollback()
+    deadline = time.monotonic() + 5
+    while not s.finish_erasure():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert not s.erasure_pending
+    s.close()
+    s = PgStore(pg_url, tmp_path)
+    assert not s.erasure_pending
+    s.close()
