@@ -1,5 +1,6 @@
 """A real `llmrec serve` subprocess, killed with SIGKILL while clients stream events: after a restart every
-event whose request returned 2xx is there, none twice. Plus raw-socket garbage against the real server."""
+event whose request returned 2xx is there, none twice, over SQLite and over Postgres. Plus raw-socket
+garbage against the real server."""
 
 import os
 import signal
@@ -20,19 +21,21 @@ def files(tmp_path):
     return write_files(tmp_path)
 
 
-def _serve_args(files, data_dir):
+def _serve_args(files, data_dir, database=None):
     items, inter = files
     return ["--items", str(items), "--interactions", str(inter), "--model", "itemknn",
-            "--data-dir", str(data_dir)]
+            "--data-dir", str(data_dir), *(["--database", database] if database else [])]
 
 
-def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_loses_no_acknowledged_event(files, tmp_path, backend, request):
+    database = request.getfixturevalue("pg_url") if backend == "postgres" else None
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     key = "durable-key"
     env = {"LLMREC_API_KEY": key}
     auth = {"Authorization": f"Bearer {key}"}
-    proc = start_server(_serve_args(files, tmp_path / "state"), port, env)
+    proc = start_server(_serve_args(files, tmp_path / "state", database), port, env)
     acked: list[str] = []   # event ids whose request returned 2xx
     sent: list[str] = []
     lock = threading.Lock()
@@ -75,7 +78,7 @@ def test_sigkill_loses_no_acknowledged_event(files, tmp_path):
         t.join(10)
     assert len(acked) >= MIN_ACKED, f"only {len(acked)} events acknowledged before the deadline"
 
-    proc = start_server(_serve_args(files, tmp_path / "state"), port, env)
+    proc = start_server(_serve_args(files, tmp_path / "state", database), port, env)
     try:
         with httpx.Client(base_url=url, headers=auth, timeout=10.0) as http:
             users = sorted({f"client{c}-user{u}" for c in range(N_CLIENTS) for u in range(7)})

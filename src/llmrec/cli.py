@@ -378,7 +378,11 @@ def _serve_workers(args) -> int:
     print(f"llmrec: {args.workers} worker processes on {args.host}:{args.port} "
           f"(pids {', '.join(str(p.pid) for p in procs)})", file=sys.stderr)
 
+    asked = []  # a signal to stop: the workers' exit is then the expected one
+
     def stop(signum, frame):
+        if signum is not None:
+            asked.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -396,7 +400,7 @@ def _serve_workers(args) -> int:
     stop(None, None)
     for p in procs:
         p.wait()
-    return code if code >= 0 else 128 - code
+    return 0 if asked else code if code >= 0 else 128 - code
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
