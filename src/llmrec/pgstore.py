@@ -40,6 +40,7 @@ PARTITIONS = 16        # hash partitions of events and users: an erasure rewrite
 CHANNEL = "llmrec_changes"
 POOL_WAIT_S = 2.0      # how long a request waits for a connection before it answers 503
 CONNECT_TIMEOUT_S = 5
+WRITE_ATTEMPTS = 3     # a transaction rolled back by a deadlock or a serialization conflict is run again
 ERASE_LOCK_TIMEOUT = "500ms"  # how long a rewrite waits for the partition's lock before it is retried
 
 
@@ -78,7 +79,8 @@ WITH input AS (
     ON CONFLICT (user_id, event_id) DO NOTHING
     RETURNING user_id, event_id
 ), new_users AS (
-    INSERT INTO users SELECT DISTINCT user_id, %(now)s FROM ins ON CONFLICT DO NOTHING
+    -- in one order (by id): two transactions adding the same new users never wait on each other in a cycle
+    INSERT INTO users SELECT DISTINCT user_id, %(now)s FROM ins ORDER BY user_id ON CONFLICT DO NOTHING
 )
 SELECT user_id, event_id FROM ins
 """
@@ -172,20 +174,28 @@ class PgStore:
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except self._psycopg.errors.TransactionRollbackError:
+            raise  # a deadlock or a conflict, not a lost server: the write runs again
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError, PoolTimeout) as e:
             raise StoreUnavailable(f"the store {self.location} is unavailable: {_reason(e)}") from None
 
     def _write(self, fn, kind: str, key: str = ""):
         """Run ``fn(conn)`` in one transaction that also notifies the other replicas; committed when this
-        returns."""
-        with self._conn() as conn, self._own_lock:
-            with conn.transaction():
-                out = fn(conn)
-                xid = conn.execute("SELECT pg_current_xact_id()::text::bigint, pg_notify(%s, %s || ' ' || "
-                                   "pg_current_xact_id()::text || ' ' || %s)",
-                                   (CHANNEL, kind, key)).fetchone()[0]
-            self._own.add(xid)
-        return out
+        returns. A transaction Postgres rolled back to break a deadlock or a conflict is run again."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self._conn() as conn, self._own_lock:
+                    with conn.transaction():
+                        out = fn(conn)
+                        xid = conn.execute("SELECT pg_current_xact_id()::text::bigint, pg_notify(%s, %s || ' ' "
+                                           "|| pg_current_xact_id()::text || ' ' || %s)",
+                                           (CHANNEL, kind, key)).fetchone()[0]
+                    self._own.add(xid)
+                return out
+            except self._psycopg.errors.TransactionRollbackError:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _read(self, sql: str, params=()) -> list[tuple]:
         with self._conn() as conn:

@@ -1,10 +1,11 @@
 """The recommendation service as plain Python: a model, a durable store and the feedback loop.
 
-``Engine`` holds a fitted Recommender and a ``Store``. Feedback events are written to the store (committed
-to disk) and then applied to the user's in-memory history at once, so the next ``recommend`` reflects them;
-disliked items are never recommended to that user again. ``upsert_item`` adds an item by its text,
-``delete_user`` forgets a user everywhere. On start the engine replays the store on top of the model's own
-histories, so a restart loses nothing. ``retrain`` fits the same kind of model on everything known now.
+``Engine`` holds a fitted Recommender and a ``StateStore``. Feedback events are written to the store
+(committed to disk; concurrent calls share one transaction, a group commit) and then applied to the user's
+in-memory history at once, so the next ``recommend`` reflects them; disliked items are never recommended
+to that user again. ``upsert_item`` adds an item by its text, ``delete_user`` forgets a user everywhere.
+On start the engine replays the store on top of the model's own histories, so a restart loses nothing.
+``retrain`` fits the same kind of model on everything known now.
 
 No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module, the CLI another.
 
@@ -74,6 +75,14 @@ class _Query:
     group: tuple
 
 
+class _PendingEvents:
+    """One ``add_events`` call waiting for the group commit that stores it."""
+
+    def __init__(self, events: list[Event]):
+        self.events, self.new, self.error = events, [], None
+        self.done = threading.Event()
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """What feedback is accepted and how it counts.
@@ -109,6 +118,8 @@ class Engine:
         self.config = config or ServiceConfig()
         self.source = source
         self._write_lock = threading.Lock()  # store writes + applying them, in one order
+        self._queue_lock = threading.Lock()  # the event calls waiting for the next group commit
+        self._queue: list[_PendingEvents] = []
         self._model_lock = ReadWriteLock()   # the model and its catalogue: shared by queries, swapped on
         #                                      upsert / retrain
         self._hist: dict[str, np.ndarray] = {}
@@ -357,13 +368,42 @@ class Engine:
             raise field_error("events", f"at most {MAX_BATCH} events per request, got {len(events)}")
         parsed = [self._parse_event(e, f"events[{j}]" if len(events) > 1 else "event")
                   for j, e in enumerate(events)]
-        with self._write_lock:
-            new = self.store.add_events(parsed)
-            for ev, is_new in zip(parsed, new, strict=True):
-                if is_new:
-                    self._apply(ev)
+        new = self._commit_events(parsed)
         return {"stored": int(sum(new)), "duplicates": int(len(new) - sum(new)),
                 "event_ids": [e.event_id for e in parsed]}
+
+    def _commit_events(self, events: list[Event]) -> list[bool]:
+        """Store ``events`` and apply the new ones, with the other calls waiting meanwhile: group commit.
+        The caller that takes the write lock stores every queued call's events in one transaction (one
+        disk flush for all), applies them in order and wakes the callers; each returns once its events are
+        committed. A failed transaction fails every call in it (none of them was acknowledged)."""
+        slot = _PendingEvents(events)
+        with self._queue_lock:
+            self._queue.append(slot)
+        while not slot.done.is_set():
+            with self._write_lock:
+                if slot.done.is_set():
+                    break
+                with self._queue_lock:
+                    group, self._queue = self._queue, []
+                try:
+                    new = self.store.add_events([e for s in group for e in s.events])
+                except BaseException as e:
+                    for s in group:
+                        s.error = e
+                        s.done.set()
+                    break
+                at = 0
+                for s in group:
+                    s.new = new[at:at + len(s.events)]
+                    at += len(s.events)
+                    for ev, is_new in zip(s.events, s.new, strict=True):
+                        if is_new:
+                            self._apply(ev)
+                    s.done.set()
+        if slot.error is not None:
+            raise slot.error
+        return slot.new
 
     def _parse_event(self, e: dict, where: str) -> Event:
         if not isinstance(e, dict):
