@@ -174,7 +174,7 @@ class PgStore:
         try:
             with self._pool.connection() as conn:
                 yield conn
-        except self._psycopg.errors.TransactionRollbackError:
+        except self._psycopg.errors.TransactionRollback:
             raise  # a deadlock or a conflict, not a lost server: the write runs again
         except (self._psycopg.OperationalError, self._psycopg.InterfaceError, PoolTimeout) as e:
             raise StoreUnavailable(f"the store {self.location} is unavailable: {_reason(e)}") from None
@@ -192,7 +192,7 @@ class PgStore:
                                            (CHANNEL, kind, key)).fetchone()[0]
                     self._own.add(xid)
                 return out
-            except self._psycopg.errors.TransactionRollbackError:
+            except self._psycopg.errors.TransactionRollback:
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
