@@ -129,6 +129,7 @@ class PgStore:
         self._own: set[int] = set()         # this process's committed transactions (the feed skips them)
         self._own_lock = threading.Lock()   # held across a write's COMMIT and its registration
         self._snapshot: tuple[int, int, frozenset[int]] | None = None
+        self._viewed = threading.Event()    # set once a view was loaded: the feed waits for its snapshot
         self._local = threading.local()
         self._closed = threading.Event()
         self._listener: threading.Thread | None = None
@@ -224,6 +225,7 @@ class PgStore:
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 xmin, xmax, xip = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0].split(":")
                 self._snapshot = (int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
+                self._viewed.set()
                 self._local.conn = conn
                 try:
                     yield
@@ -358,8 +360,9 @@ class PgStore:
 
     # -- the change feed -----------------------------------------------------------------------------
     def follow(self, on_change: Callable[[Change], None]) -> None:
-        """Listen on the feed's own connection (from now: the caller loads its view afterwards, inside
-        ``reading``) and hand each other process's change to ``on_change`` on a feed thread."""
+        """Listen on the feed's own connection from now; the caller then loads its view inside
+        ``reading``, and from that snapshot on each other process's change goes to ``on_change`` on a feed
+        thread (those the snapshot holds are skipped)."""
         ready = threading.Event()
         self._listener = threading.Thread(target=self._listen, args=(on_change, ready), daemon=True,
                                           name="llmrec-feed")
@@ -380,6 +383,9 @@ class PgStore:
                             self._own.clear()
                         self._deliver(on_change, Change("resync"))
                     first, pause = False, 0.1
+                    while not self._viewed.wait(0.5):  # notifications wait for the snapshot that sorts them
+                        if self._closed.is_set():
+                            return
                     while not self._closed.is_set():
                         for note in conn.notifies(timeout=0.5, stop_after=64):
                             change = self._change(note.payload)

@@ -134,9 +134,10 @@ class Engine:
         base = self.model.take_histories()  # the engine is their one owner from here on
         shared = isinstance(store, ChangeFeed)
         self._base = base if shared else None  # a shared store's resync rebuilds from them
-        if shared:
-            store.follow(self._on_change)  # listening before the view is loaded: nothing falls between
-        self._load(base)
+        with self._write_lock:  # the feed's first changes wait for the view they come after
+            if shared:
+                store.follow(self._on_change)  # listening before the view is loaded: nothing falls between
+            self._load(base)
         if self.store.erasure_pending:
             self._retry_erasure()
 
