@@ -205,3 +205,10 @@ def _alive(url: str) -> bool:
         return httpx.get(url + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_workers_need_a_shared_store(files, tmp_path):
+    items, inter = files
+    r = _serve(["--items", str(items), "--interactions", str(inter), "--model", "itemknn", "--workers", "2"],
+               env={"LLMREC_DATABASE": ""})
+    assert r.returncode == 2 and "--workers: several processes need a shared store" in r.stderr, r.stderr
