@@ -206,3 +206,41 @@ def test_erasure_waits_for_an_older_snapshot(pg_url, tmp_path):
     s = PgStore(pg_url, tmp_path)
     assert not s.erasure_pending
     s.close()
+
+
+def test_delete_through_the_service_leaves_nothing_in_postgres(pg_url, tmp_path):
+    """The privacy test in Postgres's terms: DELETE /users/{id}, then no query returns the user's rows, no page
+    of any table or index holds their id, and a restart keeps them (and a base data set's user) forgotten."""
+    from fastapi.testclient import TestClient
+    from servicekit import dataset
+
+    from llmrec import models, service
+    from llmrec.server import create_app
+    ds = dataset()
+
+    def engine():
+        return service.open_engine(models.get("itemknn").fit(ds, progress=False), tmp_path / "s", source="t",
+                                   database=pg_url)
+    e = engine()
+    auth = {"Authorization": "Bearer k"}
+    c = TestClient(create_app(e, api_key="k"), headers=auth)
+    secret = "alice-secret-7431"
+    c.post("/events", json=[{"user_id": secret, "item_id": i, "type": "like"} for i in ("s1", "s2", "s3")])
+    c.post("/events", json=[{"user_id": f"bob{j}", "item_id": "s1", "type": "view"} for j in range(20)])
+    assert c.post("/recommend", json={"user_id": secret}).status_code == 200
+    r = c.delete(f"/users/{secret}")
+    assert r.status_code == 200 and r.json() == {"user_id": secret, "deleted": True, "events_deleted": 3,
+                                                 "erased": True}
+    assert c.delete("/users/u5").status_code == 200
+    assert c.post("/recommend", json={"user_id": secret}).status_code == 404
+    e.store.close()
+    e2 = engine()
+    assert secret not in e2.user_ids(1000) and "u5" not in e2.user_ids(1000) and "bob3" in e2.user_ids(1000)
+    e2.store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for table in ("events", "users"):
+            assert conn.execute(f"SELECT count(*) FROM {table} WHERE user_id = %s", (secret,)).fetchone()[0] == 0
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        pages = {r: _pages(conn, r) for r in _relations(conn)}
+        assert not [r for r, b in pages.items() if secret.encode() in b]
+        assert any(b"bob3" in b for b in pages.values()), "the check reads the pages that hold users"
