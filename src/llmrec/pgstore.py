@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import StoreUnavailable
+from .errors import DataError, StoreUnavailable
 from .store import Change, Event, _read_secret, pending_migrations
 
 log = logging.getLogger("llmrec.pgstore")
@@ -50,7 +50,9 @@ def _partitions(table: str, columns: str, extra: str = "") -> str:
                           f"(MODULUS {PARTITIONS}, REMAINDER {i});\n" for i in range(PARTITIONS)) + extra
 
 
-# Migration i (1-based) brings schema version i - 1 to i (the same numbering as ``store.MIGRATIONS``).
+# Migration i (1-based) brings schema version i - 1 to i (the same numbering as ``store.MIGRATIONS``). A new
+# table of user data is one more step, made with ``_partitions`` (hash-partitioned by ``user_id``) and named
+# in ``USER_TABLES``: forgetting a user then deletes from it and rewrites the partition that held the rows.
 MIGRATIONS: tuple[str, ...] = (
     "CREATE TABLE items (item_id text PRIMARY KEY, fields text NOT NULL, updated double precision NOT NULL, "
     "added bigserial, txid bigint NOT NULL);\n"
@@ -64,6 +66,7 @@ MIGRATIONS: tuple[str, ...] = (
     + "CREATE TABLE forgotten_users (hash text PRIMARY KEY, at double precision NOT NULL);\n"
     "CREATE TABLE forgotten_events (hash text PRIMARY KEY);\n",
 )
+USER_TABLES = ("events", "users")  # tables keyed by user_id, partitioned like them
 MIGRATION_LOCK = 0x6C6C6D72  # advisory lock: replicas starting together migrate one at a time
 
 ADD_EVENTS = """
@@ -138,6 +141,8 @@ class PgStore:
                 self._migrate(conn)
         except psycopg.OperationalError as e:
             raise StoreUnavailable(f"cannot connect to the store {self.location}: {_reason(e)}") from None
+        except psycopg.ProgrammingError:  # the URL does not parse (its text may hold the password)
+            raise DataError(f"not a valid Postgres URL: {self.location}", field="--database") from None
         self._pool = ConnectionPool(url, min_size=1, max_size=8, timeout=POOL_WAIT_S, open=False,
                                     check=ConnectionPool.check_connection, reconnect_timeout=float("inf"),
                                     kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, name="llmrec")
@@ -296,14 +301,14 @@ class PgStore:
         key = self.user_key(user_id)
 
         def tx(c):
-            parts = [r[0] for r in c.execute(
-                "SELECT DISTINCT tableoid::regclass::text FROM events WHERE user_id = %s UNION "
-                "SELECT tableoid::regclass::text FROM users WHERE user_id = %s", (user_id, user_id))]
+            parts = [r[0] for r in c.execute(" UNION ".join(
+                f"SELECT tableoid::regclass::text FROM {t} WHERE user_id = %(u)s" for t in USER_TABLES),
+                {"u": user_id})]
             ids = [r[0] for r in c.execute("SELECT event_id FROM events WHERE user_id = %s", (user_id,))]
             c.execute("INSERT INTO forgotten_events SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                       ([self._hash("event", user_id, e) for e in ids],))
-            n = c.execute("DELETE FROM events WHERE user_id = %s", (user_id,)).rowcount
-            c.execute("DELETE FROM users WHERE user_id = %s", (user_id,))
+            n = {t: c.execute(f"DELETE FROM {t} WHERE user_id = %s", (user_id,)).rowcount for t in USER_TABLES}
+            n = n["events"]
             c.execute("INSERT INTO forgotten_users VALUES (%s, %s) ON CONFLICT (hash) DO UPDATE SET at = "
                       "excluded.at", (key, time.time()))
             # the rewrite each partition still needs, with the deleting transaction (newer wins)
@@ -391,7 +396,9 @@ class PgStore:
                             change = self._change(note.payload)
                             if change is not None:
                                 self._deliver(on_change, change)
-            except (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailable):
+            except Exception as e:  # noqa: BLE001 - whatever stopped the feed, it reconnects and resyncs
+                if not isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError, StoreUnavailable)):
+                    log.exception("the store's change feed stopped; reconnecting")
                 if self._closed.wait(pause):
                     return
                 pause = min(2 * pause, 2.0)
