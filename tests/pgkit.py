@@ -47,7 +47,11 @@ class Cluster:
         self.port = _free_port()
         self.as_user: list[str] = []
         if os.geteuid() == 0:  # initdb and postgres refuse root
-            pw = pwd.getpwnam("postgres")
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root, initdb needs the 'postgres' user, which Debian's "
+                                   "postgresql package creates: install it (scripts/setup does)") from None
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self._run("initdb", "-A", "trust", "-U", "postgres", "-D", str(self.data), "--no-sync")

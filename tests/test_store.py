@@ -244,3 +244,38 @@ def test_delete_through_the_service_leaves_nothing_in_postgres(pg_url, tmp_path)
         pages = {r: _pages(conn, r) for r in _relations(conn)}
         assert not [r for r, b in pages.items() if secret.encode() in b]
         assert any(b"bob3" in b for b in pages.values()), "the check reads the pages that hold users"
+
+
+def test_concurrent_event_calls_share_commits(kind, tmp_path, request):
+    """Group commit: calls that arrive while a transaction is being written are stored together in the
+    next one; each call is answered with its own counts, and a duplicate across two calls is stored once."""
+    from servicekit import dataset
+
+    from llmrec import models, service
+    url = request.getfixturevalue("pg_url") if kind == "postgres" else None
+    e = service.open_engine(models.get("itemknn").fit(dataset(), progress=False), tmp_path / "s", source="t",
+                            database=url)
+    calls, real = [], e.store.add_events
+
+    def slow(events):  # a slow disk: the others queue meanwhile
+        calls.append(len(events))
+        time.sleep(0.05)
+        return real(events)
+    e.store.add_events = slow
+    out = [None] * 24
+    barrier = threading.Barrier(len(out))
+
+    def send(j):
+        barrier.wait()
+        out[j] = e.add_events([{"user_id": f"g{j % 6}", "item_id": "s1", "type": "view", "event_id": f"e{j}"},
+                               {"user_id": "shared", "item_id": "s2", "type": "like", "event_id": "same"}])
+    threads = [threading.Thread(target=send, args=(j,)) for j in range(len(out))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(calls) == 2 * len(out) and len(calls) < len(out) / 2, calls
+    assert sorted(r["stored"] for r in out) == [1] * (len(out) - 1) + [2], "'same' stored by one call only"
+    assert e.store.count_events() == len(out) + 1
+    assert [i["item_id"] for i in e.history("shared")["items"]] == ["s2"]
+    e.store.close()

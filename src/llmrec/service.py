@@ -128,7 +128,6 @@ class Engine:
         self._catalog_version = 0
         self.skipped_on_load = 0
         self._erasure_timer: threading.Timer | None = None
-        self.resyncs = 0
         if self.store.get_meta("source") is None and self.source:
             self.store.set_meta("source", self.source)
         base = self.model.take_histories()  # the engine is their one owner from here on
@@ -176,7 +175,6 @@ class Engine:
                 self._upsert_catalog(list(change.items))
             elif change.kind == "resync":
                 self._load(self._base)
-                self.resyncs += 1
 
     # -- reads ---------------------------------------------------------------------------------------
     @property
@@ -389,19 +387,19 @@ class Engine:
                     group, self._queue = self._queue, []
                 try:
                     new = self.store.add_events([e for s in group for e in s.events])
-                except BaseException as e:
+                    at = 0
                     for s in group:
-                        s.error = e
+                        s.new = new[at:at + len(s.events)]
+                        at += len(s.events)
+                        for ev, is_new in zip(s.events, s.new, strict=True):
+                            if is_new:
+                                self._apply(ev)
                         s.done.set()
-                    break
-                at = 0
-                for s in group:
-                    s.new = new[at:at + len(s.events)]
-                    at += len(s.events)
-                    for ev, is_new in zip(s.events, s.new, strict=True):
-                        if is_new:
-                            self._apply(ev)
-                    s.done.set()
+                except BaseException as e:  # every call taken from the queue is answered, one way or the other
+                    for s in group:
+                        if not s.done.is_set():
+                            s.error = e
+                            s.done.set()
         if slot.error is not None:
             raise slot.error
         return slot.new
