@@ -125,7 +125,7 @@ def test_postgres_down_at_start_names_the_url_without_password(tmp_path):
 
 def test_another_secret_is_refused(pg_url, tmp_path):
     PgStore(pg_url, tmp_path / "a").close()
-    with pytest.raises(StoreUnavailable, match="secret.key"):
+    with pytest.raises(DataError, match="secret.key: not the secret the store"):
         PgStore(pg_url, tmp_path / "b")
 
 

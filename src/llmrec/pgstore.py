@@ -165,8 +165,9 @@ class PgStore:
             conn.execute("INSERT INTO meta VALUES ('secret_check', %s) ON CONFLICT DO NOTHING", (check,))
             stored = conn.execute("SELECT value FROM meta WHERE key = 'secret_check'").fetchone()[0]
         if stored != check:
-            raise StoreUnavailable(f"the secret in {self.dir / 'secret.key'} is not the one the store "
-                                   f"{self.location} was written with: copy that replica's secret.key here")
+            raise DataError(f"not the secret the store {self.location} was written with: copy the other "
+                            "replicas' secret.key here (a new one makes the record of forgotten users unreadable)",
+                            path=str(self.dir / "secret.key"))
 
     @contextmanager
     def _conn(self):
