@@ -77,5 +77,5 @@ def pg_cluster():
 
 @pytest.fixture
 def pg_url(pg_cluster):
-    """A fresh database on the session's cluster."""
+    """A fresh database on the run's cluster."""
     return pg_cluster.new_database()
