@@ -18,7 +18,7 @@ from servicekit import free_port, start_server, wait_healthy, write_files
 KEY = "replica-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ENV = {"LLMREC_API_KEY": KEY}
-BOUND_S = 2.0  # the staleness the README's replicas are held to (measured: milliseconds; 2 cores shared)
+BOUND_S = 5.0  # the staleness the README's replicas are held to (typically milliseconds; tails: CPU load)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
