@@ -79,8 +79,8 @@ class _PendingEvents:
     """One ``add_events`` call waiting for the group commit that stores it."""
 
     def __init__(self, events: list[Event]):
-        self.events, self.new, self.error = events, [], None
-        self.done = threading.Event()
+        self.events, self.new, self.error, self.done = events, [], None, False
+        self.wake = threading.Event()  # set when answered (done) or handed the lead (not done)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,7 @@ class Engine:
         self._write_lock = threading.Lock()  # store writes + applying them, in one order
         self._queue_lock = threading.Lock()  # the event calls waiting for the next group commit
         self._queue: list[_PendingEvents] = []
+        self._leading = False                # a caller is storing a group (or was handed the lead)
         self._model_lock = ReadWriteLock()   # the model and its catalogue: shared by queries, swapped on
         #                                      upsert / retrain
         self._hist: dict[str, np.ndarray] = {}
@@ -372,20 +373,23 @@ class Engine:
                 "event_ids": [e.event_id for e in parsed]}
 
     def _commit_events(self, events: list[Event]) -> list[bool]:
-        """Store ``events`` and apply the new ones, with the other calls waiting meanwhile: group commit.
-        The caller that takes the write lock stores every queued call's events in one transaction (one
-        disk flush for all), applies them in order and wakes the callers; each returns once its events are
-        committed. A failed transaction fails every call in it (none of them was acknowledged)."""
+        """Store ``events`` and apply the new ones, with the calls that arrive meanwhile: group commit. One
+        caller at a time leads: it stores every queued call's events in one transaction (one disk flush for
+        all), applies them in order, wakes those callers and hands the lead to the first call that queued
+        since; the others only wait for their own answer. A failed transaction fails every call in it (none
+        of them was acknowledged)."""
         slot = _PendingEvents(events)
         with self._queue_lock:
             self._queue.append(slot)
-        while not slot.done.is_set():
-            with self._write_lock:
-                if slot.done.is_set():
-                    break
-                with self._queue_lock:
-                    group, self._queue = self._queue, []
-                try:
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            slot.wake.wait()  # answered, or handed the lead
+        if not slot.done:
+            with self._queue_lock:
+                group, self._queue = self._queue, []
+            try:
+                with self._write_lock:
                     new = self.store.add_events([e for s in group for e in s.events])
                     at = 0
                     for s in group:
@@ -394,12 +398,18 @@ class Engine:
                         for ev, is_new in zip(s.events, s.new, strict=True):
                             if is_new:
                                 self._apply(ev)
-                        s.done.set()
-                except BaseException as e:  # every call taken from the queue is answered, one way or the other
-                    for s in group:
-                        if not s.done.is_set():
-                            s.error = e
-                            s.done.set()
+            except BaseException as e:  # every call of the group is answered, one way or the other
+                for s in group:
+                    s.error = e
+            finally:
+                for s in group:
+                    s.done = True
+                    s.wake.set()
+                with self._queue_lock:
+                    if self._queue:
+                        self._queue[0].wake.set()  # the next leader
+                    else:
+                        self._leading = False
         if slot.error is not None:
             raise slot.error
         return slot.new
