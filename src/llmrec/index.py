@@ -71,6 +71,7 @@ class Index:
 
     kind = "?"
     updates_in_place = False  # True: ``upsert(ids, vectors)`` replaces entries (an updated item needs no rebuild)
+    dim: int | None = None  # the vectors' dimension, once known
 
     def __init__(self, metric: str = "cosine"):
         _check_metric(metric)
@@ -121,6 +122,10 @@ class ExactIndex(Index):
         if self.fixed_batch:
             return self.fixed_batch
         return max(1, int(self.memory_mb * 2 ** 20 // (SCORE_BYTES * max(1, self.n))))
+
+    @property
+    def dim(self) -> int | None:
+        return self.vectors.shape[1] if self.n else None
 
     def add(self, vectors):
         x = _as_f32(vectors)
@@ -189,6 +194,10 @@ class FaissIndex(Index):
                            nlist=nlist, nprobe=nprobe, quantizer=quantizer, pq_m=pq_m, train_size=train_size,
                            memory_limit_mb=memory_limit_mb)
         self.index = None
+
+    @property
+    def dim(self) -> int | None:
+        return self.index.d if self.index is not None else None
 
     def _faiss_metric(self):
         return self.faiss.METRIC_L2 if self.metric == "euclidean" else self.faiss.METRIC_INNER_PRODUCT
