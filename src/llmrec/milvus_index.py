@@ -131,7 +131,9 @@ class MilvusIndex(Index):
         params = c.prepare_index_params()
         params.add_index(field_name="vector", index_type=self.index_type, metric_type=MILVUS_METRIC[self.metric],
                          params=self.build_params)
-        self._call(c.create_collection, self.collection, schema=schema, index_params=params)
+        self._call(c.create_collection, self.collection, schema=schema)
+        self._call(c.create_index, self.collection, params, sync=False)  # sync waits on an RPC Lite lacks
+        self._call(c.load_collection, self.collection)
         self.dim, self.n, self.stored = dim, 0, 0
 
     def _write(self, ids: np.ndarray, x: np.ndarray, upsert: bool) -> None:
