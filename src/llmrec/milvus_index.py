@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LLMRecError
-from .index import Index, _as_f32, _check_metric, _write_meta
+from .index import Index, _as_f32, _write_meta
 from .metrics import pad_top_k
 from .vectors import as_unit
 

@@ -396,7 +396,8 @@ class ZeroShot(Recommender):
         ix = vindex.load(path)
         dim = self.item_vectors.shape[1]
         if ix.dim is not None and ix.dim != dim:
-            raise LLMRecError(f"{path}: the index holds {ix.dim}-dimensional vectors, the model's are {dim}-dimensional")
+            raise LLMRecError(f"{path}: the index holds {ix.dim}-dimensional vectors, the model's are "
+                              f"{dim}-dimensional")
         if len(ix) != len(self.item_vectors) or ix.kind != self.config.index or ix.metric != self.config.metric:
             raise LLMRecError(f"{path}: an index of kind {ix.kind} over {len(ix)} {ix.metric} vectors, but this model "
                               f"has {len(self.item_vectors)} items and index={self.config.index} "
