@@ -129,8 +129,10 @@ class MilvusIndex(Index):
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         params = c.prepare_index_params()
+        # the build parameters both as flat keys (Milvus 2.4+ servers) and JSON under "params" (the older form,
+        # which Milvus Lite 3.2 reads: it drops the flat keys)
         params.add_index(field_name="vector", index_type=self.index_type, metric_type=MILVUS_METRIC[self.metric],
-                         params=self.build_params)
+                         params={**self.build_params, **({"params": self.build_params} if self.build_params else {})})
         self._call(c.create_collection, self.collection, schema=schema)
         self._call(c.create_index, self.collection, params, sync=False)  # sync waits on an RPC Lite lacks
         self._call(c.load_collection, self.collection)
