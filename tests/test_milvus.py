@@ -246,3 +246,23 @@ def test_two_processes_share_one_store(milvus_server, tmp_path):
     assert from_another_process() == ix.search(q[:3], 1)[0][:, 0].tolist()
     ix.add(q[:1] * 3)  # item 1000, written by this process, read by the other one
     assert from_another_process()[0] == 1_000
+
+
+def test_serve_index_options_reindex_a_checkpoint(topics, tmp_path):
+    from llmrec import cli
+    m = models.get("zero-shot", encoder="test-bow", cache=False).fit(topics, progress=False)
+    m.save(tmp_path / "zs")
+    store = tmp_path / "served.db"
+    args = cli.build_parser().parse_args(["serve", "--model-dir", str(tmp_path / "zs"), "--index-uri", str(store),
+                                          "--data-dir", str(tmp_path / "state")])
+    engine, _ = cli._engine(args)
+    try:
+        ix = engine.model.index
+        assert (ix.kind, Path(ix.uri), len(ix)) == ("milvus", store, len(topics.catalog))
+        r = TestClient(create_app(engine, insecure=True)).put("/items/n1", json={"title": "amber kite festival"})
+        assert r.status_code == 200 and ix.count() == len(topics.catalog) + 1
+    finally:
+        engine.store.close()
+    bad = cli.build_parser().parse_args(["serve", "--index", "hnsw", "--index-uri", str(store)])
+    with pytest.raises(LLMRecError, match="--index-uri / --index-collection go with --index milvus"):
+        cli._engine(bad)

@@ -14,8 +14,10 @@ HNSW (``M``, ``efConstruction``, search ``ef``) or AUTOINDEX (the server's choic
 
 Exclusion (a user's history) is exact either way: ``overfetch`` asks for ``k + len(exclude)`` in one call
 for a batch of queries and drops the excluded ids here; ``filter`` sends ``id not in [...]`` with each
-query that excludes anything. ``auto`` over-fetches while ``k + len(exclude)`` fits Milvus's top-k
-limit (16,384) and filters beyond it (benchmarks/index_milvus.py measured both).
+query that excludes anything. ``auto`` over-fetches while ``k + len(exclude)`` is at most
+``OVERFETCH_MAX`` and filters beyond it: every hit costs Python work in Milvus Lite, so a long history
+is cheaper as a filter (``benchmarks/index.py --milvus`` measures both); over-fetching is capped by
+Milvus's top-k limit (16,384) in any mode.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ TOKEN_ENV = "LLMREC_MILVUS_TOKEN"
 MILVUS_METRIC = {"cosine": "COSINE", "dot": "IP", "euclidean": "L2"}
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX")
 TOPK_MAX = 16384  # Milvus's largest limit for one search
+OVERFETCH_MAX = 256  # auto: over-fetch while k + len(exclude) is at most this, else filter (measured)
 INSERT_BLOCK = 2048  # rows a request: 3 MB at 384 dimensions, far below gRPC's message limit
 QUERY_BLOCK = 256  # queries a search request
+HITS_BLOCK = 16384  # at most this many hits (queries x limit) a search request
 EXCLUSIONS = ("auto", "overfetch", "filter")
 LOCAL_NAME = "items.milvus.db"  # a local store's copy inside a checkpoint folder
 
@@ -64,7 +68,7 @@ class MilvusIndex(Index):
 
     def __init__(self, metric: str = "cosine", uri: str | Path = "items.db", collection: str = "llmrec_items",
                  index_type: str = "FLAT", build_params: dict | None = None, search_params: dict | None = None,
-                 exclusion: str = "auto", timeout: float = 10.0):
+                 exclusion: str = "auto", timeout: float = 10.0, request_timeout: float = 600.0):
         super().__init__(metric)
         if index_type not in INDEX_TYPES:
             raise LLMRecError(f"unknown Milvus index_type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
@@ -80,7 +84,7 @@ class MilvusIndex(Index):
             raise LLMRecError(f"Milvus uri {redact(uri)}: put the credentials in {TOKEN_ENV}, not in the URI")
         self.uri, self.collection, self.index_type = uri, collection, index_type
         self.build_params, self.search_params = dict(build_params or {}), dict(search_params or {})
-        self.exclusion, self.timeout = exclusion, timeout
+        self.exclusion, self.timeout, self.request_timeout = exclusion, timeout, request_timeout
         self.dim: int | None = None
         self.stored = 0  # entries in the collection (more than n when a service added items since a save)
         self.client = _connect(uri, timeout)
@@ -159,13 +163,18 @@ class MilvusIndex(Index):
             [np.zeros(0, np.int64)] * len(q)
         extra = self.stored - self.n  # entries beyond the items this model knows: left out
         over = np.array([k + len(e) + extra for e in ex])
-        by_filter = (over > TOPK_MAX) if self.exclusion == "auto" else \
-            np.full(len(q), self.exclusion == "filter") & np.array([len(e) > 0 for e in ex])
+        has = np.array([len(e) > 0 for e in ex])
+        by_filter = has & ((over > min(OVERFETCH_MAX, TOPK_MAX)) if self.exclusion == "auto" else
+                           (over > TOPK_MAX) | (self.exclusion == "filter"))
         ids = np.full((len(q), k), -1, np.int64)
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.flatnonzero(~by_filter)
-        for s in range(0, len(rows), QUERY_BLOCK):
-            r = rows[s:s + QUERY_BLOCK]
+        rows = rows[np.argsort(-over[rows], kind="stable")]  # like limits together, largest first
+        s = 0
+        while s < len(rows):
+            block = max(1, min(QUERY_BLOCK, HITS_BLOCK // int(min(TOPK_MAX, over[rows[s]]))))
+            r = rows[s:s + block]
+            s += block
             limit = int(min(TOPK_MAX, over[r].max()))
             base = f"id < {self.n}" if extra else ""
             for row, hits in zip(r, self._search(q[r], limit, base), strict=True):
@@ -292,7 +301,7 @@ class MilvusIndex(Index):
         """A pymilvus call, its failures as one LLMRecError naming the store (no password)."""
         from pymilvus import MilvusException
         try:
-            return fn(*args, timeout=self.timeout, **kwargs)
+            return fn(*args, timeout=self.request_timeout, **kwargs)
         except MilvusException as e:
             raise LLMRecError(f"{self.where}: {_message(e)}") from None
 
@@ -307,7 +316,8 @@ def _message(e) -> str:
 
 def _connect(uri: str, timeout: float):
     """A MilvusClient for ``uri``: a local Milvus Lite path (its folder created) or a server address;
-    an unreachable one fails within ``timeout`` seconds, naming it without a password."""
+    an unreachable one fails within ``timeout`` seconds, naming it without a password (each later request
+may take up to ``request_timeout``)."""
     try:
         from pymilvus import MilvusClient, MilvusException
     except ImportError as e:
