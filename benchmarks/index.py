@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrec import __version__, encoders, index
+from llmrec import __version__, encoders, index, milvus_index
 
 RESULTS = Path(__file__).parent / "results"
 HNSW_EF = (64, 128, 256, 512, 1024)
@@ -188,7 +188,7 @@ def milvus_set(name: str, x: np.ndarray, q: np.ndarray, exclude: list | None, la
             ix = index.make("milvus", uri=tmp / f"{index_type}.db", index_type=index_type, build_params=build)
             ix.add(x)
             if index_type != "FLAT":
-                wait_for_segment_indexes(ix)
+                milvus_index.wait_for_lite_indexes(ix)
             build_s = time.perf_counter() - t0
             for value in (sweep[1] if sweep else (None,)):
                 ix.search_params = {sweep[0]: value} if sweep else {}
@@ -212,21 +212,6 @@ def milvus_set(name: str, x: np.ndarray, q: np.ndarray, exclude: list | None, la
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
-
-
-def wait_for_segment_indexes(ix, timeout: float = 1800.0) -> None:
-    """Milvus Lite builds each segment's FAISS index in the background after a flush and searches the
-    segment by brute force until then (its describe_index already says "Finished"): wait until every
-    data file of the local store has its index file, so the figures are the index's."""
-    part = Path(ix.uri) / "collections" / ix.collection / "partitions" / "_default"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = {f.name.split(".")[0] for f in (part / "data").glob("*.parquet")}
-        built = {f.name.split(".")[0] for f in (part / "indexes").glob("*.idx")}
-        if data and data <= built:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{ix.uri}: segment indexes not built after {timeout:.0f}s")
 
 
 def exclusion_rows(name: str, ix, exact: index.ExactIndex, q: np.ndarray, n_queries: int = 20) -> list[dict]:

@@ -82,6 +82,8 @@ def test_approximate_index_types_recall(tmp_path):
                                 ("IVF_FLAT", {"nlist": 64}, {"nprobe": 16})):
         ix = index.make("milvus", uri=tmp_path / f"{kind}.db", index_type=kind, build_params=build,
                         search_params=search).add(x)
+        milvus_index.wait_for_lite_indexes(ix)  # searched through the index, not by brute force
+        assert ix.client.describe_index(ix.collection, "vector")["params"] == build  # the build params arrived
         assert index.recall_at_k(ix.search(q, 10)[0], want) >= 0.9, kind
 
 

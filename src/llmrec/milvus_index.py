@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -310,6 +311,24 @@ class MilvusIndex(Index):
                 "entries": self.stored, "dim": self.dim}
 
 
+def wait_for_lite_indexes(ix: MilvusIndex, timeout: float = 1800.0) -> None:
+    """Milvus Lite builds each segment's FAISS index in the background after a flush and searches a
+    segment by brute force until then (its describe_index says "Finished" at once): wait until every
+    data file of a local store has its index file, so that what is measured is the index. FLAT and
+    server stores: nothing to wait for."""
+    if is_remote(ix.uri) or ix.index_type == "FLAT":
+        return
+    part = Path(ix.uri) / "collections" / ix.collection / "partitions" / "_default"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = {f.name.split(".")[0] for f in (part / "data").glob("*.parquet")}
+        built = {f.name.split(".")[0] for f in (part / "indexes").glob("*.idx")}
+        if data and data <= built:
+            return
+        time.sleep(0.2)
+    raise LLMRecError(f"{ix.where}: segment indexes not built after {timeout:.0f}s")
+
+
 def _message(e) -> str:
     return redact(str(getattr(e, "message", None) or e)).strip()
 
@@ -339,4 +358,4 @@ may take up to ``request_timeout``)."""
         raise LLMRecError(f"Milvus at {redact(uri)}: cannot connect within {timeout:g}s ({_message(e)})") from None
 
 
-__all__ = ["EXCLUSIONS", "INDEX_TYPES", "MilvusIndex", "TOKEN_ENV", "is_remote", "redact"]
+__all__ = ["EXCLUSIONS", "INDEX_TYPES", "MilvusIndex", "TOKEN_ENV", "is_remote", "redact", "wait_for_lite_indexes"]
