@@ -311,19 +311,23 @@ class MilvusIndex(Index):
                 "entries": self.stored, "dim": self.dim}
 
 
-def wait_for_lite_indexes(ix: MilvusIndex, timeout: float = 1800.0) -> None:
-    """Milvus Lite builds each segment's FAISS index in the background after a flush and searches a
-    segment by brute force until then (its describe_index says "Finished" at once): wait until every
-    data file of a local store has its index file, so that what is measured is the index. FLAT and
-    server stores: nothing to wait for."""
+def wait_for_lite_indexes(ix: MilvusIndex, timeout: float = 1800.0, settle: float = 3.0) -> None:
+    """Milvus Lite builds each segment's FAISS index in the background after a flush (and again after it
+    compacts segments) and searches a segment by brute force until then; its describe_index says
+    "Finished" at once. Wait until every data file of a local store has its index file and the set of
+    files has not changed for ``settle`` seconds, so that what is measured is the index. FLAT and server
+    stores: nothing to wait for."""
     if is_remote(ix.uri) or ix.index_type == "FLAT":
         return
     part = Path(ix.uri) / "collections" / ix.collection / "partitions" / "_default"
-    deadline = time.monotonic() + timeout
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
     while time.monotonic() < deadline:
         data = {f.name.split(".")[0] for f in (part / "data").glob("*.parquet")}
         built = {f.name.split(".")[0] for f in (part / "indexes").glob("*.idx")}
-        if data and data <= built:
+        state = (frozenset(data), frozenset(built))
+        if state != last:
+            last, since = state, time.monotonic()
+        elif data and data <= built and time.monotonic() - since >= settle:
             return
         time.sleep(0.2)
     raise LLMRecError(f"{ix.where}: segment indexes not built after {timeout:.0f}s")
