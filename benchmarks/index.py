@@ -166,7 +166,7 @@ HISTORY_LENGTHS = (10, 100, 1000, 10000)
 
 
 def milvus_set(name: str, x: np.ndarray, q: np.ndarray, exclude: list | None, latency_n: int,
-               types: tuple[str, ...]) -> list[dict]:
+               types: tuple[str, ...], exclusion_n: int = 20) -> list[dict]:
     """The milvus kind on one set: build seconds, recall@10 against exact (with ``exclude`` when given),
     per-query latency; then overfetch against filter exclusion on the FLAT collection."""
     import shutil
@@ -205,8 +205,8 @@ def milvus_set(name: str, x: np.ndarray, q: np.ndarray, exclude: list | None, la
                        "load_average_1min": round(os.getloadavg()[0], 1)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-            if index_type == "FLAT":
-                rows += exclusion_rows(name, ix, exact, q)
+            if index_type == "FLAT" and exclusion_n:
+                rows += exclusion_rows(name, ix, exact, q, exclusion_n)
             ix.close()
             shutil.rmtree(tmp / f"{index_type}.db", ignore_errors=True)
     finally:
@@ -268,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--milvus-types", nargs="*", default=["FLAT", "HNSW", "IVF_FLAT"])
     p.add_argument("--zero-shot", metavar="DATASET", help="with --milvus: the real set from this data set")
     p.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one")
+    p.add_argument("--exclusion-queries", type=int, default=20,
+                   help="with --milvus: queries per history length and exclusion mode (0: none)")
     args = p.parse_args(argv)
     rows: list[dict] = []
     if args.milvus:
@@ -287,13 +289,14 @@ def milvus_main(args, argv) -> int:
     queries = f"{args.queries} pooled users (normalised mean of two random items' vectors)"
     if args.zero_shot:
         x, q, hist, enc = zero_shot_set(args.zero_shot, args.queries)
-        rows += milvus_set(f"{args.zero_shot} zero-shot {enc}", x, q, hist, args.latency_queries, types)
+        rows += milvus_set(f"{args.zero_shot} zero-shot {enc}", x, q, hist, args.latency_queries, types,
+                           args.exclusion_queries)
         queries = (f"{args.zero_shot}: {len(q)} users' zero-shot vectors with their histories excluded; "
                    f"synthetic sets: " + queries)
     for n in args.sizes:
         x = synthetic(n)
         rows += milvus_set(f"synthetic-{n}", x, pooled_queries(x, args.queries), None,
-                           args.latency_queries, types)
+                           args.latency_queries, types, args.exclusion_queries)
     return write(args, argv, rows, "the milvus index kind on Milvus Lite (in-process, pure Python with FAISS "
                  "segment indexes): build seconds, recall@10 against exact, per-query latency, and exclusion "
                  "by overfetch vs filter", queries + f"; latency over the first {args.latency_queries}, one "
