@@ -144,6 +144,13 @@ def test_unreachable_server_fails_fast_naming_it_without_a_password(monkeypatch)
     with pytest.raises(LLMRecError, match=rf"Milvus at http://127.0.0.1:{port}: cannot connect within 3s"):
         index.make("milvus", uri=f"http://127.0.0.1:{port}", timeout=3)
     assert time.perf_counter() - t0 < 10
+    with socket.socket() as silent:  # accepts connections, never answers: a hung server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        t0 = time.perf_counter()
+        with pytest.raises(LLMRecError, match=rf"127.0.0.1:{silent.getsockname()[1]}: cannot connect within 2s"):
+            index.make("milvus", uri=f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=2)
+        assert time.perf_counter() - t0 < 10
     with pytest.raises(LLMRecError) as e:
         index.make("milvus", uri=f"http://admin:hunter2@127.0.0.1:{port}")
     assert "hunter2" not in str(e.value) and "LLMREC_MILVUS_TOKEN" in str(e.value)
