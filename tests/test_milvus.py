@@ -208,6 +208,12 @@ def test_put_items_reaches_the_store_and_the_next_recommendation(topics, tmp_pat
         assert r.status_code == 200 and r.json()["items"][0]["item_id"] == "brand-new"
         r = c.post("/recommend", json={"history": ["brand-new"], "k": 3, "exclude_seen": False})
         assert r.json()["items"][0]["item_id"] == "brand-new"
+        # a retrain fits beside the serving model: into its own collection, never the one being served
+        served = m.index.collection
+        assert e.retrain(progress=False)["swapped"]
+        assert e.model is not m and e.model.index.collection == f"{served}_2" and m.index.count() == 201
+        r = c.post("/recommend", json={"text": "velvet submarine orchestra", "k": 3})
+        assert r.json()["items"][0]["item_id"] == "brand-new"
     finally:
         e.store.close()
 

@@ -27,6 +27,7 @@ import re
 import shutil
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,6 +48,7 @@ QUERY_BLOCK = 256  # queries a search request
 HITS_BLOCK = 16384  # at most this many hits (queries x limit) a search request
 EXCLUSIONS = ("auto", "overfetch", "filter")
 LOCAL_NAME = "items.milvus.db"  # a local store's copy inside a checkpoint folder
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # this process's open indexes (a build never replaces their collection)
 
 
 def is_remote(uri: str) -> bool:
@@ -89,6 +91,7 @@ class MilvusIndex(Index):
         self.dim: int | None = None
         self.stored = 0  # entries in the collection (more than n when a service added items since a save)
         self.client = _connect(uri, timeout)
+        _OPEN.add(self)
 
     @property
     def where(self) -> str:
@@ -127,6 +130,9 @@ class MilvusIndex(Index):
         """A fresh collection of ``dim`` dimensions, replacing one of the same shape and metric."""
         from pymilvus import DataType, MilvusClient
         c = self.client
+        if in_use(self.uri, self.collection, besides=self):
+            raise LLMRecError(f"{self.where} is served by another index in this process: build into another "
+                              "collection (zero-shot picks one)")
         if self._call(c.has_collection, self.collection):
             self._check_shape(dim)
             self._call(c.drop_collection, self.collection)
@@ -311,6 +317,14 @@ class MilvusIndex(Index):
                 "entries": self.stored, "dim": self.dim}
 
 
+def in_use(uri: str | Path, collection: str, besides: MilvusIndex | None = None) -> bool:
+    """Whether an open index of this process (other than ``besides``) holds ``collection`` at ``uri``."""
+    key = (os.path.abspath(uri) if not is_remote(str(uri)) else str(uri), collection)
+    return any(ix is not besides and ix.client is not None and ix.n > 0 and
+               (os.path.abspath(ix.uri) if not is_remote(ix.uri) else ix.uri, ix.collection) == key
+               for ix in list(_OPEN))
+
+
 def wait_for_lite_indexes(ix: MilvusIndex, timeout: float = 1800.0, settle: float = 3.0) -> None:
     """Milvus Lite builds each segment's FAISS index in the background after a flush (and again after it
     compacts segments) and searches a segment by brute force until then; its describe_index says
@@ -362,4 +376,5 @@ may take up to ``request_timeout``)."""
         raise LLMRecError(f"Milvus at {redact(uri)}: cannot connect within {timeout:g}s ({_message(e)})") from None
 
 
-__all__ = ["EXCLUSIONS", "INDEX_TYPES", "MilvusIndex", "TOKEN_ENV", "is_remote", "redact", "wait_for_lite_indexes"]
+__all__ = ["EXCLUSIONS", "INDEX_TYPES", "MilvusIndex", "TOKEN_ENV", "in_use", "is_remote", "redact",
+           "wait_for_lite_indexes"]

@@ -90,6 +90,7 @@ class ZeroShot(Recommender):
         self.item_vectors: np.ndarray | None = None
         self.encode_seconds, self.cache_hits = 0.0, 0
         self._scratch: str | None = None  # a milvus index's own store when no index_uri is given
+        self.index: vindex.Index | None = None
 
     # -- fitting: encode the catalogue -------------------------------------------------------------
     @property
@@ -191,7 +192,14 @@ class ZeroShot(Recommender):
             return {}
         if not c.index_uri and self._scratch is None:
             self._scratch = _scratch_store()
-        return {"uri": c.index_uri or self._scratch, "collection": c.index_collection}
+        uri, name = c.index_uri or self._scratch, c.index_collection
+        from ..milvus_index import in_use
+        old = self.index if self.index is not None and self.index.kind == "milvus" else None
+        n = 1
+        while in_use(uri, name, besides=old):  # a retrain beside the serving model: its own collection
+            n += 1
+            name = f"{c.index_collection}_{n}"
+        return {"uri": uri, "collection": name}
 
     def add_items(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
         """Add or update items by their text alone; they are recommendable at once. Returns their indices.
