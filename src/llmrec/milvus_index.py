@@ -119,8 +119,12 @@ class MilvusIndex(Index):
         new = np.sort(ids[ids >= self.n])
         if len(new) and not np.array_equal(new, np.arange(self.n, self.n + len(new))):
             raise LLMRecError(f"new items must take the next indices from {self.n}, got {new.tolist()[:5]}")
+        if len(ids) != len(x):
+            raise LLMRecError(f"{len(ids)} ids for {len(x)} vectors")
         if self.dim is None:
             self._create(x.shape[1])
+        elif x.shape[1] != self.dim:
+            raise LLMRecError(f"vectors have {x.shape[1]} dimensions, the {self.where} {self.dim}")
         self._write(ids, x, upsert=True)
         self.n += len(new)
         self.stored = max(self.stored, self.n)
