@@ -281,3 +281,12 @@ def test_serve_index_options_reindex_a_checkpoint(topics, tmp_path):
     bad = cli.build_parser().parse_args(["serve", "--index", "hnsw", "--index-uri", str(store)])
     with pytest.raises(LLMRecError, match="--index-uri / --index-collection go with --index milvus"):
         cli._engine(bad)
+
+
+def test_a_local_store_is_one_process_s_and_says_what_to_run_instead(tmp_path):
+    index.make("milvus", uri=tmp_path / "items.db").add(np.ones((3, 4), np.float32))
+    code = ("import sys; from llmrec import index; from llmrec.errors import LLMRecError\n"
+            "try: index.make('milvus', uri=sys.argv[1])\nexcept LLMRecError as e: print('REFUSED', e)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "items.db")], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": SRC}, timeout=120).stdout
+    assert "REFUSED" in out and "another process holds it" in out and "milvus-lite server --data-dir" in out
