@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset")
     p.add_argument("--model")
     p.add_argument("--from-checkpoint", type=Path, help="with --reindex: the saved model to re-index")
-    p.add_argument("--reindex", choices=["exact", "hnsw", "ivf"])
+    p.add_argument("--reindex", choices=["exact", "hnsw", "ivf", "milvus"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     p.add_argument("--result", type=Path, required=True, help="JSON file for the fit's figures")

@@ -3,6 +3,8 @@ latency, on real text embeddings and on synthetic vectors. Writes benchmarks/res
 
     OMP_NUM_THREADS=1 python benchmarks/index.py                 # real + synthetic 10k, 100k, 1M
     OMP_NUM_THREADS=1 python benchmarks/index.py --sizes 10000 100000 --skip-real
+    OMP_NUM_THREADS=1 python benchmarks/index.py --milvus --zero-shot ml-1m --sizes 100000 \
+        --out benchmarks/results/index_milvus.json                 # the milvus kind (Milvus Lite)
 
 Real: every Book-Crossing item text (title, year, author, publisher) encoded with the large-catalogue
 encoder (``encoders.auto``), streamed into ``cache_dir()/bench/book-crossing.<encoder>.npy`` (not in git;
@@ -11,6 +13,12 @@ vectors (what a zero-shot user vector is). Synthetic: 384-d vectors around 1,000
 Recall@10 is the share of the exact top 10 found; latency p50/p99 is per single query, timed one by one.
 Memory: the index's size (its FAISS file, or the exact index's array), the growth of this process's
 resident memory over the build, and its peak RSS (which includes the vectors and the exact index).
+
+``--milvus``: the milvus kind instead (a Milvus Lite store in a temporary folder; FLAT, HNSW and IVF_FLAT
+collections), and per set the two ways of excluding a history (``overfetch``, ``filter``) at several
+history lengths: ms per query (20 queries, one a call) and recall@10 against the exact index with the same
+exclusion. ``--zero-shot DATASET``: the real set is that data set's zero-shot item vectors (the default
+encoder) and the queries its users' vectors with their own histories excluded.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmrec import __version__, encoders, index
+from llmrec import __version__, encoders, index, milvus_index
 
 RESULTS = Path(__file__).parent / "results"
 HNSW_EF = (64, 128, 256, 512, 1024)
@@ -152,6 +160,101 @@ def run_set(name: str, x: np.ndarray, n_queries: int, full_sweep: bool, hnsw: bo
     return rows
 
 
+MILVUS_BUILDS = (("FLAT", {}, None), ("HNSW", {"M": 32, "efConstruction": 80}, ("ef", (64, 256))),
+                 ("IVF_FLAT", {}, ("nprobe", (16, 64))))
+HISTORY_LENGTHS = (10, 100, 1000, 10000)
+
+
+def milvus_set(name: str, x: np.ndarray, q: np.ndarray, exclude: list | None, latency_n: int,
+               types: tuple[str, ...], exclusion_n: int = 20) -> list[dict]:
+    """The milvus kind on one set: build seconds, recall@10 against exact (with ``exclude`` when given),
+    per-query latency; then overfetch against filter exclusion on the FLAT collection."""
+    import shutil
+    import tempfile
+    x = np.ascontiguousarray(x, np.float32)
+    exact = index.make("exact").add(x)
+    exact_ids, _ = exact.search(q, 10, exclude=exclude)
+    p50, p99 = latency_ms(exact, q, min(50, latency_n))
+    rows = [{"set": name, "n": len(x), "kind": "exact", "recall_at_10": 1.0, "query_ms_p50": round(p50, 3),
+             "query_ms_p99": round(p99, 3), "load_average_1min": round(os.getloadavg()[0], 1)}]
+    print(json.dumps(rows[0]), flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="llmrec-bench-milvus-"))
+    try:
+        for index_type, build, sweep in MILVUS_BUILDS:
+            if index_type not in types:
+                continue
+            build = dict(build, nlist=int(4 * np.sqrt(len(x)))) if index_type == "IVF_FLAT" else build
+            t0 = time.perf_counter()
+            ix = index.make("milvus", uri=tmp / f"{index_type}.db", index_type=index_type, build_params=build)
+            ix.add(x)
+            if index_type != "FLAT":
+                milvus_index.wait_for_lite_indexes(ix)
+            build_s = time.perf_counter() - t0
+            for value in (sweep[1] if sweep else (None,)):
+                ix.search_params = {sweep[0]: value} if sweep else {}
+                t0 = time.perf_counter()
+                ids, _ = ix.search(q, 10, exclude=exclude)
+                batch_ms = (time.perf_counter() - t0) * 1000 / len(q)
+                p50, p99 = latency_ms(ix, q, latency_n)
+                row = {"set": name, "n": len(x), "kind": "milvus", "index_type": index_type, **build,
+                       **({sweep[0]: value} if sweep else {}), "build_seconds": round(build_s, 1),
+                       "recall_at_10": round(index.recall_at_k(ids, exact_ids), 4),
+                       "histories_excluded": exclude is not None,
+                       "batch_ms_per_query": round(batch_ms, 2), "query_ms_p50": round(p50, 3),
+                       "query_ms_p99": round(p99, 3), "peak_rss_mb": round(peak_rss_mb()),
+                       "load_average_1min": round(os.getloadavg()[0], 1)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+            if index_type == "FLAT" and exclusion_n:
+                rows += exclusion_rows(name, ix, exact, q, exclusion_n)
+            ix.close()
+            shutil.rmtree(tmp / f"{index_type}.db", ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def exclusion_rows(name: str, ix, exact: index.ExactIndex, q: np.ndarray, n_queries: int = 20) -> list[dict]:
+    """Overfetch against filter at each history length: ms per query (one a call), recall@10 against
+    exact search with the same exclusion (1.0 = exclusion exact)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for length in HISTORY_LENGTHS:
+        if length >= len(exact.vectors) - 10:
+            continue
+        ex = [rng.choice(len(exact.vectors), length, replace=False) for _ in range(n_queries)]
+        want, _ = exact.search(q[:n_queries], 10, exclude=ex)
+        for mode in ("overfetch", "filter"):
+            ix.exclusion = mode
+            got, times = [], []
+            for r in range(n_queries):
+                t0 = time.perf_counter()
+                got.append(ix.search(q[r:r + 1], 10, exclude=ex[r:r + 1])[0][0])
+                times.append((time.perf_counter() - t0) * 1000)
+            row = {"set": name, "n": len(exact.vectors), "kind": "milvus", "index_type": ix.index_type,
+                   "exclusion": mode, "history_length": length, "queries": n_queries,
+                   "recall_at_10": round(index.recall_at_k(np.stack(got), want), 4),
+                   "query_ms_p50": round(float(np.percentile(times, 50)), 2),
+                   "query_ms_p99": round(float(np.percentile(times, 99)), 2),
+                   "load_average_1min": round(os.getloadavg()[0], 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    ix.exclusion = "auto"
+    return rows
+
+
+def zero_shot_set(dataset: str, n_queries: int) -> tuple[np.ndarray, np.ndarray, list, str]:
+    """A data set's zero-shot item vectors (default encoder), and ``n_queries`` users' vectors with
+    their histories."""
+    from llmrec import datasets, models
+    ds = datasets.load(dataset)
+    m = models.get("zero-shot").fit(ds, progress=False)
+    rng = np.random.default_rng(0)
+    users = np.sort(rng.choice(ds.n_users, min(n_queries, ds.n_users), replace=False))
+    hist = [m._histories[u] for u in users]
+    return m.item_vectors, m.user_vectors(hist), hist, m.encoder_name
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
@@ -161,15 +264,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-max", type=int, default=10 ** 7,
                    help="synthetic sets above this size skip HNSW (its single-thread build is the slow part)")
     p.add_argument("--out", type=Path, default=RESULTS / "index.json")
+    p.add_argument("--milvus", action="store_true", help="measure the milvus kind (see above)")
+    p.add_argument("--milvus-types", nargs="*", default=["FLAT", "HNSW", "IVF_FLAT"])
+    p.add_argument("--zero-shot", metavar="DATASET", help="with --milvus: the real set from this data set")
+    p.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one")
+    p.add_argument("--exclusion-queries", type=int, default=20,
+                   help="with --milvus: queries per history length and exclusion mode (0: none)")
     args = p.parse_args(argv)
     rows: list[dict] = []
+    if args.milvus:
+        return milvus_main(args, argv)
     if not args.skip_real:
         rows += run_set(f"book-crossing {args.encoder}", real_embeddings(args.encoder), args.queries, True)
     for n in args.sizes:
         rows += run_set(f"synthetic-{n}", synthetic(n), args.queries, False, hnsw=n <= args.hnsw_max)
-    out = {"what": "vector indexes: build seconds, index MB, recall@10 against exact, per-query latency",
-           "queries": f"{args.queries} pooled users (normalised mean of two random items' vectors); "
-                      "latency over the first 200 (exact: 50), one query a call",
+    return write(args, argv, rows, "vector indexes: build seconds, index MB, recall@10 against exact, per-query "
+                 "latency", f"{args.queries} pooled users (normalised mean of two random items' vectors); "
+                 "latency over the first 200 (exact: 50), one query a call")
+
+
+def milvus_main(args, argv) -> int:
+    rows: list[dict] = []
+    types = tuple(args.milvus_types)
+    queries = f"{args.queries} pooled users (normalised mean of two random items' vectors)"
+    if args.zero_shot:
+        x, q, hist, enc = zero_shot_set(args.zero_shot, args.queries)
+        rows += milvus_set(f"{args.zero_shot} zero-shot {enc}", x, q, hist, args.latency_queries, types,
+                           args.exclusion_queries)
+        queries = (f"{args.zero_shot}: {len(q)} users' zero-shot vectors with their histories excluded; "
+                   f"synthetic sets: " + queries)
+    for n in args.sizes:
+        x = synthetic(n)
+        rows += milvus_set(f"synthetic-{n}", x, pooled_queries(x, args.queries), None,
+                           args.latency_queries, types, args.exclusion_queries)
+    return write(args, argv, rows, "the milvus index kind on Milvus Lite (in-process, pure Python with FAISS "
+                 "segment indexes): build seconds, recall@10 against exact, per-query latency, and exclusion "
+                 "by overfetch vs filter", queries + f"; latency over the first {args.latency_queries}, one "
+                 "query a call; batch_ms_per_query: every query in one search call")
+
+
+def write(args, argv, rows: list[dict], what: str, queries: str) -> int:
+    out = {"what": what,
+           "queries": queries,
            "threads": int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count(), "results": rows,
            "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
            "date": dt.date.today().isoformat(), "llmrec_version": __version__,

@@ -344,7 +344,12 @@ def _engine(args):
     same options, cleaning included, as the other commands; default model zero-shot, data ml-100k)."""
     from . import pipeline, service
     config = _service_config(args)  # bad options fail before the model loads
+    index = _index_settings(args)
+    if index and not args.model_dir:
+        args.overrides = [*args.overrides, *(f"{k}={json.dumps(v)}" for k, v in index.items())]
     model, source = obtain(args, default_dataset=pipeline.DEFAULT_DATASET, text=True)
+    if index and args.model_dir:
+        _reindex(model, index)
     data_dir = args.data_dir or service.default_data_dir(source)
     engine = service.open_engine(model, data_dir, source, config, database=_database(args))
     return engine, data_dir
@@ -401,6 +406,29 @@ def _serve_workers(args) -> int:
     for p in procs:
         p.wait()
     return 0 if asked else code if code >= 0 else 128 - code
+
+
+def _index_settings(args) -> dict:
+    """--index, --index-uri, --index-collection as zero-shot config keys (none given: {})."""
+    given = {"index": args.index, "index_uri": args.index_uri, "index_collection": args.index_collection}
+    if (args.index_uri or args.index_collection) and args.index not in (None, "milvus"):
+        raise LLMRecError("--index-uri / --index-collection go with --index milvus")
+    if args.index_uri or args.index_collection:
+        given["index"] = "milvus"
+    return {k: v for k, v in given.items() if v}
+
+
+def _reindex(model, index: dict) -> None:
+    """A checkpoint served on another item index than it was saved with: rebuilt from its vectors."""
+    from .models.zeroshot import ZeroShot
+    if not isinstance(model, ZeroShot):
+        raise LLMRecError(f"--index: model {model.name!r} has no item index (zero-shot has)")
+    current = {"index": model.config.index, "index_uri": model.config.index_uri,
+               "index_collection": model.config.index_collection}
+    if any(current[k] != v for k, v in index.items()):
+        kind = index.pop("index", model.config.index)
+        print(f"llmrec: rebuilding the item index as {kind} over {len(model.catalog):,} vectors", file=sys.stderr)
+        model.reindex(kind, **index)
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -586,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a rating at or above this is positive, below it a dislike (default 3)")
         s.add_argument("--clock-skew", type=float, default=300.0, metavar="SECONDS",
                        help="how far ahead of the server's clock an event's timestamp may be (default 300)")
+        s.add_argument("--index", choices=["exact", "hnsw", "ivf", "milvus"], default=None,
+                       help="zero-shot item index (default: the model's; a checkpoint is re-indexed)")
+        s.add_argument("--index-uri", default=None, metavar="URI",
+                       help="milvus: a Milvus Lite path (.db) or a server address (http://host:19530); "
+                            "token in LLMREC_MILVUS_TOKEN")
+        s.add_argument("--index-collection", default=None, metavar="NAME", help="milvus: the collection")
         s.set_defaults(func=func)
         if name == "serve":
             s.add_argument("--host", default="127.0.0.1")

@@ -8,6 +8,7 @@ Rows with fewer than k results are padded with id -1 and score -inf.
 - ``ExactIndex``: matrix products in query batches bounded by memory; the reference.
 - ``FaissIndex``: FAISS HNSW (``"hnsw"``) or IVF (``"ivf"``), optionally scalar (SQ8) or product (PQ)
   quantised, approximate; tested against the exact one.
+- ``milvus_index.MilvusIndex`` (``"milvus"``): a Milvus collection, local (Milvus Lite) or on a server.
 
 ``add`` works after a build (incremental); ``save(path)`` / ``load(path)`` write and read an index (the
 FAISS file or a .npy, and a .json description beside it); an index estimated larger than the memory
@@ -69,6 +70,8 @@ class Index:
     """Base: ``add(vectors)`` then ``search``. ``vectors`` float32 [n, d]; ids are row numbers."""
 
     kind = "?"
+    updates_in_place = False  # True: ``upsert(ids, vectors)`` replaces entries (an updated item needs no rebuild)
+    dim: int | None = None  # the vectors' dimension, once known
 
     def __init__(self, metric: str = "cosine"):
         _check_metric(metric)
@@ -83,6 +86,10 @@ class Index:
 
     def search(self, queries: np.ndarray, k: int,
                exclude: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> Index:
+        """Replace the entries of ``ids`` and append new ones (where ``updates_in_place``)."""
         raise NotImplementedError
 
     def save(self, path: str | Path) -> Path:
@@ -115,6 +122,10 @@ class ExactIndex(Index):
         if self.fixed_batch:
             return self.fixed_batch
         return max(1, int(self.memory_mb * 2 ** 20 // (SCORE_BYTES * max(1, self.n))))
+
+    @property
+    def dim(self) -> int | None:
+        return self.vectors.shape[1] if self.n else None
 
     def add(self, vectors):
         x = _as_f32(vectors)
@@ -174,7 +185,7 @@ class FaissIndex(Index):
         except ImportError as e:
             raise LLMRecError(f"approximate indexes need faiss ({e}): pip install 'llmrec[llm]'") from None
         if kind not in ("hnsw", "ivf"):
-            raise LLMRecError(f"unknown index kind {kind!r}; valid: exact, hnsw, ivf")
+            raise LLMRecError(f"unknown index kind {kind!r}; valid: exact, hnsw, ivf, milvus")
         if quantizer not in QUANTIZERS or (kind == "hnsw" and quantizer == "pq"):
             raise LLMRecError(f"unknown quantizer {quantizer!r} for {kind}; valid: "
                               f"{', '.join(QUANTIZERS if kind == 'ivf' else QUANTIZERS[:2])}")
@@ -183,6 +194,10 @@ class FaissIndex(Index):
                            nlist=nlist, nprobe=nprobe, quantizer=quantizer, pq_m=pq_m, train_size=train_size,
                            memory_limit_mb=memory_limit_mb)
         self.index = None
+
+    @property
+    def dim(self) -> int | None:
+        return self.index.d if self.index is not None else None
 
     def _faiss_metric(self):
         return self.faiss.METRIC_L2 if self.metric == "euclidean" else self.faiss.METRIC_INNER_PRODUCT
@@ -355,7 +370,8 @@ def _write_meta(path: Path, ix: Index, params: dict) -> Path:
 
 
 def load(path) -> Index:
-    """An index written by ``save(path)`` (the FAISS file or .npy, and its ``.json`` beside it)."""
+    """An index written by ``save(path)`` (the FAISS file or .npy, and its ``.json`` beside it; for
+    ``milvus`` the collection it names, re-attached)."""
     path = Path(path)
     meta_file = _meta_path(path)
     if not path.exists() or not meta_file.exists():
@@ -365,6 +381,9 @@ def load(path) -> Index:
         kind, metric, params = meta["kind"], meta["metric"], meta["params"]
     except (ValueError, KeyError) as e:
         raise LLMRecError(f"{meta_file}: not an index description ({type(e).__name__}: {e})") from None
+    if kind == "milvus":
+        from .milvus_index import MilvusIndex
+        return MilvusIndex.attach(meta, path.parent)
     if kind == "exact":
         ix = ExactIndex(metric, memory_mb=params.get("memory_mb", 512))
         ix.vectors = np.load(path)
@@ -380,9 +399,12 @@ def load(path) -> Index:
 
 
 def make(kind: str = "exact", metric: str = "cosine", **params) -> Index:
-    """An empty index: ``exact``, ``hnsw`` or ``ivf``."""
+    """An empty index: ``exact``, ``hnsw``, ``ivf`` or ``milvus`` (``uri``, ``collection``: see milvus_index)."""
     if kind == "exact":
         return ExactIndex(metric, **params)
+    if kind == "milvus":
+        from .milvus_index import MilvusIndex
+        return MilvusIndex(metric, **params)
     return FaissIndex(metric, kind, **params)
 
 

@@ -48,7 +48,9 @@ class ZeroShotConfig(Checked):
     recency: float = option(0.5, gt=0.0, le=1.0)  # picked on validation HR@10 (ml-100k, ml-1m) from 1 to 0.3
     max_history: int = option(50, ge=1)
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
-    index: Literal["exact", "hnsw", "ivf"] = "exact"
+    index: Literal["exact", "hnsw", "ivf", "milvus"] = "exact"
+    index_uri: str = ""  # milvus: a Milvus Lite path (.db) or a server address; "": a scratch store (milvus_index)
+    index_collection: str = "llmrec_items"  # milvus: the collection holding the item vectors
     profile_weight: float = option(0.5, ge=0.0, le=1.0)
     center: bool = False
     cache: bool = True
@@ -87,6 +89,8 @@ class ZeroShot(Recommender):
         self._encoder: encoders.Encoder | None = None
         self.item_vectors: np.ndarray | None = None
         self.encode_seconds, self.cache_hits = 0.0, 0
+        self._scratch: str | None = None  # a milvus index's own store when no index_uri is given
+        self.index: vindex.Index | None = None
 
     # -- fitting: encode the catalogue -------------------------------------------------------------
     @property
@@ -156,11 +160,12 @@ class ZeroShot(Recommender):
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
 
-    def reindex(self, index: str) -> dict:
-        """Rebuild the item index as ``index`` (exact | hnsw | ivf) over the vectors the model has, with
-        no encoding, and tune it as ``fit`` does (on the histories the model still holds); the tuning."""
+    def reindex(self, index: str, **settings) -> dict:
+        """Rebuild the item index as ``index`` (exact | hnsw | ivf | milvus, with config ``settings`` such as
+        ``index_uri``) over the vectors the model has, with no encoding, and tune it as ``fit`` does (on
+        the histories the model still holds); the tuning."""
         self._check_fitted()
-        self.config = replace(self.config, index=index)
+        self.config = replace(self.config, index=index, **settings)
         self._set_vectors(self.raw_vectors)
         self.index_tuning = self._tune_index()
         return self.index_tuning
@@ -175,12 +180,31 @@ class ZeroShot(Recommender):
             v = self.raw_vectors - self.mean
             self.item_vectors = l2_normalize(v, inplace=True) if self.config.metric == "cosine" else v
         if build_index:
-            self.index = vindex.make(self.config.index, self.config.metric).add(self.item_vectors)
+            self.index = vindex.make(self.config.index, self.config.metric, **self._index_params()).add(
+                self.item_vectors)
             self._stale = np.zeros(0, np.int64)
+
+    def _index_params(self) -> dict:
+        """Where a milvus index lives: ``index_uri`` and ``index_collection``, or a scratch Milvus Lite store
+        of this model's own (deleted at exit; a checkpoint keeps a copy)."""
+        c = self.config
+        if c.index != "milvus":
+            return {}
+        if not c.index_uri and self._scratch is None:
+            self._scratch = _scratch_store()
+        uri, name = c.index_uri or self._scratch, c.index_collection
+        from ..milvus_index import in_use
+        old = self.index if self.index is not None and self.index.kind == "milvus" else None
+        n = 1
+        while in_use(uri, name, besides=old):  # a retrain beside the serving model: its own collection
+            n += 1
+            name = f"{c.index_collection}_{n}"
+        return {"uri": uri, "collection": name}
 
     def add_items(self, rows: pd.DataFrame | list[dict]) -> np.ndarray:
         """Add or update items by their text alone; they are recommendable at once. Returns their indices.
-        Only these items are encoded. An approximate index is not rebuilt (minutes at a million items): new
+        Only these items are encoded. An index that ``updates_in_place`` (milvus) takes the new and updated
+        vectors at once. Another approximate index is not rebuilt (minutes at a million items): new
         items are added to it, and an updated item's old entry is marked stale, left out of its answers,
         and the item scored exactly beside them until the next fit or load rebuilds the index."""
         self._check_fitted()
@@ -197,7 +221,9 @@ class ZeroShot(Recommender):
         self.catalog = catalog
         exact = self.config.index == "exact"
         self._set_vectors(raw, build_index=exact)
-        if not exact:
+        if self.index.updates_in_place:
+            self.index.upsert(idx, self.item_vectors[idx])
+        elif not exact:
             new = np.sort(idx[idx >= old_n])
             if len(new):
                 self.index.add(self.item_vectors[new])  # entries old_n, old_n + 1, ... in item order
@@ -376,6 +402,10 @@ class ZeroShot(Recommender):
         if self.item_vectors is None:
             raise LLMRecError("load_index needs the item vectors first (fit or load the model)")
         ix = vindex.load(path)
+        dim = self.item_vectors.shape[1]
+        if ix.dim is not None and ix.dim != dim:
+            raise LLMRecError(f"{path}: the index holds {ix.dim}-dimensional vectors, the model's are "
+                              f"{dim}-dimensional")
         if len(ix) != len(self.item_vectors) or ix.kind != self.config.index or ix.metric != self.config.metric:
             raise LLMRecError(f"{path}: an index of kind {ix.kind} over {len(ix)} {ix.metric} vectors, but this model "
                               f"has {len(self.item_vectors)} items and index={self.config.index} "
@@ -393,3 +423,19 @@ class ZeroShot(Recommender):
     def card_extra(self) -> dict:
         return {"encoder": self.encoder_name, "encoder_dim": int(self.item_vectors.shape[1]),
                 "index_tuning": getattr(self, "index_tuning", {})}
+
+
+def _scratch_store() -> str:
+    """A Milvus Lite path in a fresh temporary folder, removed (its store closed first) at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="llmrec-milvus-")
+    uri = str(Path(folder) / "items.db")
+
+    def remove() -> None:
+        from milvus_lite import server_manager_instance
+        server_manager_instance.release_server(uri)
+        shutil.rmtree(folder, ignore_errors=True)
+    atexit.register(remove)
+    return uri
