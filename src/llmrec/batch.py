@@ -159,12 +159,13 @@ def schema_for(explain: bool):
     return pa.schema(fields + ([("reason", pa.string())] if explain else []))
 
 
-def write_part(table, parts: Path, chunk: int) -> Path:
-    """``table`` as ``parts/part-CHUNK.parquet``, written under a temporary name and renamed."""
+def write_part(table, parts: Path, chunk: int, **options) -> Path:
+    """``table`` as ``parts/part-CHUNK.parquet``, written under a temporary name and renamed; ``options``
+    go to ``pyarrow.parquet.write_table``."""
     import pyarrow.parquet as pq
     final = parts / part_name(chunk)
     tmp = parts / f".{final.name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, **options)
     os.replace(tmp, final)
     return final
 

@@ -148,6 +148,13 @@ def vectors_table(ids: list[str], vectors: np.ndarray):
     return pa.table({"item_id": pa.array(ids, pa.string()), "vector": pa.FixedSizeListArray.from_arrays(flat, d)})
 
 
+def parquet_options(table) -> dict:
+    """Floats do not repeat: no dictionary for them, and their bytes split by position (384-d Gaussian
+    vectors: 1,418 bytes an item against 1,605 with pyarrow's defaults, 1,536 raw)."""
+    element = table.schema.field("vector").type.value_field.name  # "element" or "item" by pyarrow version
+    return {"use_dictionary": ["item_id"], "column_encoding": {f"vector.list.{element}": "BYTE_STREAM_SPLIT"}}
+
+
 class ChunkEncoder:
     """Loads the encoder once; called on a batch of chunks (``chunk``: indices, ``spec``: the planned
     chunks as JSON), encodes each chunk's texts and writes its part file; returns the chunks and their row
@@ -170,7 +177,8 @@ class ChunkEncoder:
             ids, texts = read_chunk(json.loads(spec), self.source, self.item_columns, self.template)
             vecs = self.encoder.encode(texts, normalize=self.normalize, batch_size=self.batch_size,
                                        progress=False)
-            batch.write_part(vectors_table(ids, vecs), self.parts, int(chunk))
+            table = vectors_table(ids, vecs)
+            batch.write_part(table, self.parts, int(chunk), **parquet_options(table))
             rows.append(len(ids))
         return {"chunk": np.asarray(batch_["chunk"], np.int64), "rows": np.asarray(rows, np.int64)}
 
