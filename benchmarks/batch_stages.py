@@ -50,7 +50,8 @@ def _vectors(folder: Path) -> tuple[list, np.ndarray]:
 def run_encode(spec: str, work: Path, workers: int, chunk_size: int, parquet: bool) -> dict:
     name, encoder = spec.split(":", 1)
     ds = datasets.load(name, quiet=True)
-    row: dict = {"dataset": ds.name, "items": ds.n_items, "encoder": encoder}
+    chunk_size = min(chunk_size, -(-ds.n_items // (2 * workers)))  # at least two chunks an actor
+    row: dict = {"dataset": ds.name, "items": ds.n_items, "encoder": encoder, "chunk_size": chunk_size}
     source: dict = {"dataset": name}
     if parquet:
         import pyarrow as pa
@@ -112,7 +113,9 @@ def main(argv=None) -> int:
                    help="encode catalogues of more than 10,000 items from a partitioned Parquet folder")
     p.add_argument("--evaluate", nargs="*", default=["ml-1m:itemknn"], metavar="DATASET:MODEL")
     p.add_argument("--workers", type=int, default=2, help="CPUs of the local Ray, one actor each")
-    p.add_argument("--chunk-size", type=int, default=batch_encode.CHUNK_SIZE)
+    p.add_argument("--chunk-size", type=int, default=batch_encode.CHUNK_SIZE,
+                   help="items per part file, at most (smaller where the catalogue would give an actor less than "
+                        "two chunks)")
     p.add_argument("--result", type=Path, default=Path(__file__).parent / "results" / "batch_stages.json")
     args = p.parse_args(argv)
     command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/batch_stages.py " + " ".join(
