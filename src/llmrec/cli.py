@@ -438,7 +438,8 @@ def cmd_batch_encode(args) -> int:
         _print_json(res)
     else:
         resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
-        print(f"{res['items']:,} item vectors ({res['encoder']}, {res['chunks']} chunks{resumed}) on "
+        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
+        print(f"{res['items']:,} item vectors ({res['encoder']}, {chunks}{resumed}) on "
               f"{res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
     return 0
 
