@@ -4,6 +4,7 @@ vectors. And the loaders reading a partitioned Parquet log."""
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,19 @@ def test_cli_json_and_a_bad_folder(hive, tmp_path, capsys):
                      str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "bad: not a readable Parquet data set" in err
+
+
+def test_without_ray_or_a_cluster_one_line(hive, tmp_path, capsys, monkeypatch):
+    args = ["batch", "encode", "--items", str(hive), "--encoder", "test-bow", "--out", str(tmp_path / "o"),
+            "--engine", "ray"]
+    code = cli.main([*args, "--address", "127.0.0.1:9"])
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("llmrec:")]
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith("llmrec: error: cannot reach a Ray cluster at 127.0.0.1:9 (")
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code = cli.main(args)
+    assert code == 2 and capsys.readouterr().err == ("llmrec: error: --engine ray needs the 'ray' extra: "
+                                                     "pip install 'llmrec[ray]'\n")
 
 
 def test_a_partitioned_parquet_log_loads_as_its_csv(ds, tmp_path):

@@ -2,6 +2,8 @@
 local Ray of 2 CPUs; from a named data set, a CSV log with cleaning, a partitioned Parquet URI; refusals."""
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +105,26 @@ def test_cli_json(tmp_path, capsys):
     assert "3 shard(s), per-shard sums combined" in res["protocol"]
 
 
+def test_without_ray_the_engine_names_the_extra(tmp_path, capsys, monkeypatch):
+    folder, _, _ = _fit(tmp_path, dataset=NAME)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code = cli.main(["batch", "evaluate", "--model-dir", str(folder), "--engine", "ray"])
+    assert code == 2 and capsys.readouterr().err == ("llmrec: error: --engine ray needs the 'ray' extra: "
+                                                     "pip install 'llmrec[ray]'\n")
+
+
+def test_an_unreachable_address_fails_within_seconds(tmp_path, capsys):
+    pytest.importorskip("ray")
+    folder, _, _ = _fit(tmp_path, dataset=NAME)
+    t0 = time.perf_counter()
+    code = cli.main(["batch", "evaluate", "--model-dir", str(folder), "--engine", "ray", "--address", "127.0.0.1:9"])
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("llmrec:")]
+    assert code == 2 and time.perf_counter() - t0 < 10
+    assert len(lines) == 1 and lines[0].startswith("llmrec: error: cannot reach a Ray cluster at 127.0.0.1:9 (")
+
+
 @pytest.mark.slow
-def test_ray_shards_give_the_in_process_figures(tmp_path):
+def test_ray_shards_give_the_in_process_figures(tmp_path, log_frame):
     ray = pytest.importorskip("ray")
     folder, ds, sp = _fit(tmp_path, "sasrec", {"epochs": 1, "embedding_size": 16, "layers": 1, "max_history": 20,
                                                 "threads": 1}, dataset=NAME)
@@ -116,5 +136,9 @@ def test_ray_shards_give_the_in_process_figures(tmp_path):
         res = batch_evaluate.evaluate(folder, engine="ray")
         assert res["shards"] == 2 and res["engine"] == "ray"
         _same(res, ref)
+        log_frame.drop(columns="timestamp").to_csv(tmp_path / "untimed.csv", index=False)  # a shard's refusal
+        untimed, _, _ = _fit(tmp_path / "untimed", interactions=tmp_path / "untimed.csv")
+        with pytest.raises(LLMRecError, match="^the log has no timestamps: leave-one-out orders it"):
+            batch_evaluate.evaluate(untimed, engine="ray")
     finally:
         ray.shutdown()

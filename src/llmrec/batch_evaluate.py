@@ -63,47 +63,48 @@ def shard_frames(source: dict, users: set[str]) -> Iterator:
 
 
 class Shard:
-    """One shard's users: their interactions read, cleaned and split at construction; ``items()`` the
-    items they interacted with (for the candidates), ``sums(candidates, ks)`` their metric sums. Ray runs
-    it as an actor; the local engine calls it directly."""
+    """One shard's users (``start:stop`` of the checkpoint's): ``items()`` reads, cleans and splits their
+    interactions and returns the items in them (for the candidates), ``sums(candidates, ks)`` their
+    metric sums. Ray runs it as an actor, keeping the shard between the two calls; the local engine calls
+    it directly."""
 
     def __init__(self, model_dir: str, start: int, stop: int, stage: str, threads: int | None = None):
+        self.model_dir, self.start, self.stop, self.stage, self.threads = model_dir, start, stop, stage, threads
+
+    def items(self) -> np.ndarray:
+        """Load the checkpoint, read, clean and split this shard's users' rows; the items they interacted
+        with (for the candidates). An error here reaches the caller as itself (on Ray, as a task's cause)."""
         import sys
 
         from . import clean, split
         from .data import build_from_chunks
+        from .evaluate import stage_targets
         from .models import load_model
-        if threads:
-            batch._limit_threads(threads)
-        self.model = model = load_model(model_dir)
-        if threads and "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(threads)
+        if self.threads:
+            batch._limit_threads(self.threads)
+        self.model = model = load_model(self.model_dir)
+        if self.threads and "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(self.threads)
         source, cleaning = data_source(model)
-        users = set(model.users.ids()[start:stop].tolist())
+        users = set(model.users.ids()[self.start:self.stop].tolist())
         ds = build_from_chunks("shard", shard_frames(source, users), model.catalog.frame,
                                unknown_items=source.get("unknown_items", "error"))
         ds, _ = clean.apply(ds, duplicates=cleaning.get("duplicates", "keep"),
                             rating_floor=cleaning.get("min_rating"))
-        self.n_items, self.stage = len(model.catalog), stage
+        self.n_items = len(model.catalog)
         inter = ds.interactions
-        self.present = np.unique(inter.item)
         self.users = self.targets = np.zeros(0, np.int64)
         self.hist, self.protocol = [], split.PROTOCOL
-        if not len(inter):
-            return
-        if not inter.has_time:
+        if len(inter) and not inter.has_time:
             raise LLMRecError("the log has no timestamps: leave-one-out orders it by one random permutation of "
                               "the whole log, which a shard cannot reproduce; evaluate it in one process "
                               "(llmrec evaluate --model-dir)")
-        if (np.bincount(inter.user) >= 3).any():  # else no evaluation user here
+        if len(inter) and (np.bincount(inter.user) >= 3).any():  # else no evaluation user here
             sp = split.leave_one_out(ds)
             self.protocol = sp.protocol
-            from .evaluate import stage_targets
-            self.users, self.targets, context = stage_targets(sp, stage)
+            self.users, self.targets, context = stage_targets(sp, self.stage)
             self.hist = context.histories(ds.n_users)
-
-    def items(self) -> np.ndarray:
-        return self.present
+        return np.unique(inter.item)
 
     def sums(self, candidates: np.ndarray, ks: tuple[int, ...], memory_mb: float) -> dict:
         """Per k: the users, the sums of the hit, NDCG and MRR gains, and the items in any top-k."""
@@ -161,9 +162,8 @@ def evaluate(model_dir: str | Path, *, ks: tuple[int, ...] = (10, 20), stage: st
             cand = _candidates(ray.get([p.items.remote() for p in parts]), n_items)
             results = ray.get([p.sums.remote(cand, ks, memory_mb) for p in parts])
         except ray.exceptions.RayTaskError as e:  # a shard's LLMRecError, raised again here
-            cause = e.as_instanceof_cause()
-            if isinstance(cause, LLMRecError):
-                raise LLMRecError(str(cause).splitlines()[-1].split(": ", 1)[-1]) from None
+            if isinstance(e.cause, LLMRecError):
+                raise e.cause from None
             raise
         finally:
             if started:
