@@ -11,7 +11,8 @@ Evaluate: a checkpoint fitted on the leave-one-out train split, evaluated in pro
 the metrics compared.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/batch_stages.py --encode ml-1m:minilm-onnx \\
-        synthetic-1000-100000-0:minilm-l3-onnx-int8 --parquet --evaluate ml-1m:itemknn --workers 2
+        synthetic-1000-100000-0:minilm-l3-onnx-int8 --parquet --evaluate ml-1m:itemknn ml-1m:sasrec --workers 2
+    ... --encode --evaluate ml-1m:itemknn ml-1m:sasrec --update   # rerun some rows, keep the others
 
 The machine's load averages before and after each run are recorded: other work on the same cores lowers
 the figures.
@@ -117,6 +118,8 @@ def main(argv=None) -> int:
                    help="items per part file, at most (smaller where the catalogue would give an actor less than "
                         "two chunks)")
     p.add_argument("--result", type=Path, default=Path(__file__).parent / "results" / "batch_stages.json")
+    p.add_argument("--update", action="store_true",
+                   help="keep the result file's other rows (replace only the rows run now)")
     args = p.parse_args(argv)
     command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/batch_stages.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
@@ -138,7 +141,15 @@ def main(argv=None) -> int:
             ray.shutdown()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = {"command": command, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
+    commands = [command]
+    if args.update and args.result.exists():
+        old = json.loads(args.result.read_text())
+        commands = old.get("commands", []) + commands
+        encode_rows += [r for r in old["encode"] if (r["dataset"], r["encoder"]) not in
+                        {(n["dataset"], n["encoder"]) for n in encode_rows}]
+        eval_rows += [r for r in old["evaluate"] if (r["dataset"], r["model"]) not in
+                      {(n["dataset"], n["model"]) for n in eval_rows}]
+    out = {"commands": commands, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
            "ray_version": ray.__version__, "chunk_size": args.chunk_size, "workers": args.workers,
            "ray_start_seconds": round(ray_start, 1),
            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, python {platform.python_version()}",

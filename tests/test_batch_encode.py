@@ -5,6 +5,7 @@ vectors. And the loaders reading a partitioned Parquet log."""
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,32 @@ def test_a_killed_run_resumes_and_other_jobs_are_refused(hive, tmp_path):
     with pytest.raises(DataError, match="empty: no Parquet files"):
         batch_encode.encode(tmp_path / "x", encoder="test-bow", items=tmp_path / "empty")
     assert not (tmp_path / "x").exists()
+
+
+def test_sigkill_mid_run_leaves_whole_parts_and_the_rerun_completes(hive, tmp_path):
+    import signal
+    import subprocess
+    out = tmp_path / "v"
+    code = ("from test_encoders import BagOfWords; from llmrec import batch_encode, encoders; "
+            "encoders.register('test-bow', BagOfWords); "
+            f"batch_encode.encode({str(out)!r}, encoder='test-bow', items={str(hive)!r}, chunk_size=1)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]), str(TESTS),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and len(list(out.glob("part-*.parquet"))) >= 20) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    done = sorted(out.glob("part-*.parquet"))
+    assert 20 <= len(done) < 500
+    for p in done:  # every part file is whole
+        assert pq.read_metadata(p).num_rows == 1
+    res = batch_encode.encode(out, encoder="test-bow", items=hive, chunk_size=1)
+    assert res["chunks_resumed"] >= len(done) and res["chunks_computed"] == 500 - res["chunks_resumed"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    batch_encode.encode(tmp_path / "clean", encoder="test-bow", items=hive, chunk_size=1)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / "clean"))
 
 
 def test_the_folder_feeds_a_zero_shot_fit(ds, hive, tmp_path):
