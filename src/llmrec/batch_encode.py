@@ -202,7 +202,7 @@ def encode(out: str | Path, *, encoder: str, items: str | Path | None = None, da
         raise LLMRecError(f"chunk size must be at least 1, got {chunk_size}")
     if engine == "ray":
         batch._import_ray()
-    kind, name = encoders.resolve(encoder)  # an unknown name fails before any work
+    name = encoders.resolve(encoder)[1]  # an unknown name fails before any work
     template = template or DEFAULT_TEMPLATE
     out = Path(out)
     if out.suffix == ".parquet":
@@ -212,7 +212,8 @@ def encode(out: str | Path, *, encoder: str, items: str | Path | None = None, da
     t0 = time.perf_counter()
     finished = batch.prepare(out, job, overwrite, out)
     todo = [(c, spec) for c, spec in enumerate(chunks) if c not in finished]
-    where = source.get("items") if "segments" in (chunks[0] if chunks else {}) else None
+    from .io import is_dataset
+    where = source["items"] if items is not None and is_dataset(items) else None  # the workers read it
     kwargs = {"encoder": name, "parts": str(out.resolve()), "template": template, "normalize": normalize,
               "batch_size": batch_size, "source": where, "item_columns": item_columns or None}
     used = 1
