@@ -149,7 +149,14 @@ def test_the_folder_feeds_a_zero_shot_fit(ds, hive, tmp_path):
     frame.to_csv(tmp_path / "items.csv", index=False)
     batch_encode.encode(small, encoder="test-bow", items=tmp_path / "items.csv")
     with pytest.raises(DataError, match=r"item 'i400' of the catalogue has no vector \(100 items lack one\)"):
-        models.get("zero-shot", {"vectors": str(small)}).fit(ds, progress=False)
+        batch_encode.load_vectors(small, ds.catalog)
+    # items added since the folder was written (a service's, before its retrain) are encoded at fit
+    grown = models.get("zero-shot", {"vectors": str(small), "cache": False}).fit(ds, progress=False)
+    np.testing.assert_allclose(grown.item_vectors, own.item_vectors, rtol=0, atol=1e-6)
+    frame.assign(item_id="other-" + frame.item_id).to_csv(tmp_path / "other.csv", index=False)
+    batch_encode.encode(tmp_path / "other", encoder="test-bow", items=tmp_path / "other.csv")
+    with pytest.raises(LLMRecError, match="hold none of this catalogue's 500 items"):
+        models.get("zero-shot", {"vectors": str(tmp_path / "other")}).fit(ds, progress=False)
 
 
 def test_cli_json_and_a_bad_folder(hive, tmp_path, capsys):

@@ -253,15 +253,16 @@ def read_job(folder: str | Path) -> dict:
     return job
 
 
-def load_vectors(folder: str | Path, catalog) -> np.ndarray:
-    """The vectors of ``catalog``'s items, float32 [len(catalog), d] in its order, from a finished encode
-    folder (which may hold more items than the catalogue); an item the folder lacks is refused by id."""
+def read_vectors(folder: str | Path, catalog) -> tuple[np.ndarray, np.ndarray]:
+    """The vectors of ``catalog``'s items, float32 [len(catalog), d] in its order (zeros where missing),
+    from a finished encode folder (which may hold more items than the catalogue), and which items it had
+    (bool [len(catalog)])."""
+    import pandas as pd
     import pyarrow.parquet as pq
     folder = Path(folder)
     job = read_job(folder)
-    import pandas as pd
     index = pd.Index(catalog.frame["item_id"].astype(str))
-    out, seen = None, np.zeros(len(catalog), bool)
+    out, found = None, np.zeros(len(catalog), bool)
     for c in range(-(-job["n_items"] // job["chunk_size"])):
         t = pq.read_table(folder / batch.part_name(c))
         vec = t.column("vector").combine_chunks()
@@ -269,13 +270,18 @@ def load_vectors(folder: str | Path, catalog) -> np.ndarray:
         flat = vec.values.to_numpy(zero_copy_only=False).reshape(-1, d)
         if out is None:
             out = np.zeros((len(catalog), d), np.float32)
-        ids = t.column("item_id").to_numpy(zero_copy_only=False)
-        rows = index.get_indexer(ids)
+        rows = index.get_indexer(t.column("item_id").to_numpy(zero_copy_only=False))
         keep = rows >= 0
         out[rows[keep]] = flat[keep]
-        seen[rows[keep]] = True
-    if not seen.all():
-        first = catalog.ids.id(int(np.flatnonzero(~seen)[0]))
-        raise DataError(f"item {first!r} of the catalogue has no vector ({int((~seen).sum()):,} items lack "
+        found[rows[keep]] = True
+    return out, found
+
+
+def load_vectors(folder: str | Path, catalog) -> np.ndarray:
+    """``read_vectors`` of every item of ``catalog``; an item the folder lacks is refused by id."""
+    out, found = read_vectors(folder, catalog)
+    if not found.all():
+        first = catalog.ids.id(int(np.flatnonzero(~found)[0]))
+        raise DataError(f"item {first!r} of the catalogue has no vector ({int((~found).sum()):,} items lack "
                         "one); encode this catalogue", path=str(folder))
     return out

@@ -156,9 +156,7 @@ class ZeroShot(Recommender):
     def _encode_catalog(self, progress: bool) -> None:
         t0 = time.perf_counter()
         if self.text_vectors is None and self.config.vectors:
-            from ..batch_encode import load_vectors
-            self._take_encoder_of(self.config.vectors)
-            self.text_vectors = load_vectors(self.config.vectors, self.catalog)
+            self.text_vectors = self._folder_vectors(self.config.vectors, progress)
         if self.text_vectors is not None:
             vecs = self.text_vectors
             if vecs.ndim != 2 or len(vecs) != len(self.catalog):
@@ -175,6 +173,25 @@ class ZeroShot(Recommender):
         self.encode_seconds = time.perf_counter() - t0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
+
+    def _folder_vectors(self, folder: str, progress: bool) -> np.ndarray:
+        """The catalogue's vectors from a ``batch encode`` folder; items added since it was written (a
+        service's new items before a retrain) are encoded here with the folder's encoder. A folder that
+        holds none of the catalogue's items is refused."""
+        from ..batch_encode import read_vectors
+        self._take_encoder_of(folder)
+        vecs, found = read_vectors(folder, self.catalog)
+        if not found.any():
+            raise LLMRecError(f"vectors={folder} hold none of this catalogue's {len(self.catalog):,} items "
+                              f"(e.g. {self.catalog.ids.id(0)!r}): encode this catalogue")
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            print(f"{self.name}: {len(missing):,} of {len(self.catalog):,} items have no vector in {folder}; "
+                  "encoding them", file=sys.stderr)
+            texts = item_texts(Catalog.from_frame(self.catalog.frame.iloc[missing]), self.config.template)
+            vecs[missing] = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
+                                                batch_size=self.config.batch_size, progress=None if progress else False)
+        return vecs
 
     def _take_encoder_of(self, folder: str) -> None:
         """The encoder of a ``batch encode`` folder becomes this model's (its queries must use it); a
