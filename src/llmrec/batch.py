@@ -159,12 +159,13 @@ def schema_for(explain: bool):
     return pa.schema(fields + ([("reason", pa.string())] if explain else []))
 
 
-def write_part(table, parts: Path, chunk: int) -> Path:
-    """``table`` as ``parts/part-CHUNK.parquet``, written under a temporary name and renamed."""
+def write_part(table, parts: Path, chunk: int, **options) -> Path:
+    """``table`` as ``parts/part-CHUNK.parquet``, written under a temporary name and renamed; ``options``
+    go to ``pyarrow.parquet.write_table``."""
     import pyarrow.parquet as pq
     final = parts / part_name(chunk)
     tmp = parts / f".{final.name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, **options)
     os.replace(tmp, final)
     return final
 
@@ -270,8 +271,12 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     return ray, True
 
 
-def _run_ray(todo: list[tuple[int, list[str]]], model_dir: Path, parts: Path, k: int, explain: bool,
-             progress: bool, address: str | None, num_cpus: int | None, workers: int | None) -> int:
+def run_on_ray(rows: list[dict], actor, kwargs: dict, *, address: str | None, num_cpus: int | None,
+               workers: int | None, progress: bool) -> tuple[int, list[dict]]:
+    """``rows`` (one per chunk; strings and numbers) through ``map_batches(actor)`` on a pool of actors,
+    one CPU and one BLAS / torch thread each (``actor(**kwargs, threads=1)`` is built once per actor, then
+    called on one row at a time). Ray is started or joined as ``connect`` does, and shut down after if
+    this call started it. Returns (the actors used, the rows the actors returned)."""
     ray, started = connect(address, num_cpus)
     try:
         ctx = ray.data.DataContext.get_current()
@@ -281,21 +286,31 @@ def _run_ray(todo: list[tuple[int, list[str]]], model_dir: Path, parts: Path, k:
             import logging
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        n = min(n, len(todo))
-        ds = ray.data.from_items([{"chunk": c, "users": json.dumps(u)} for c, u in todo],
-                                 override_num_blocks=len(todo))
-        ds = ds.map_batches(ChunkWriter, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
-                            fn_constructor_kwargs={"model_dir": str(model_dir.resolve()),
-                                                   "parts": str(parts.resolve()), "k": k, "explain": explain,
-                                                   "threads": 1})
-        done = {int(r["chunk"]) for r in ds.take_all()}
-        missing = sorted({c for c, _ in todo} - done)
-        if missing:
-            raise LLMRecError(f"Ray finished without chunks {missing[:5]}; run again to resume")
-        return n
+        n = min(n, len(rows))
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(actor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=1,
+                            fn_constructor_kwargs={**kwargs, "threads": 1})
+        return n, ds.take_all()
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_ray(todo: list[tuple[int, list[str]]], model_dir: Path, parts: Path, k: int, explain: bool,
+             progress: bool, address: str | None, num_cpus: int | None, workers: int | None) -> int:
+    n, out = run_on_ray([{"chunk": c, "users": json.dumps(u)} for c, u in todo], ChunkWriter,
+                        {"model_dir": str(model_dir.resolve()), "parts": str(parts.resolve()), "k": k,
+                         "explain": explain}, address=address, num_cpus=num_cpus, workers=workers,
+                        progress=progress)
+    check_done({c for c, _ in todo}, out)
+    return n
+
+
+def check_done(todo: set[int], returned: list[dict]) -> None:
+    """Every chunk of ``todo`` came back from the actors (else the run must be resumed)."""
+    missing = sorted(todo - {int(r["chunk"]) for r in returned})
+    if missing:
+        raise LLMRecError(f"Ray finished without chunks {missing[:5]}; run again to resume")
 
 
 # -- the API ------------------------------------------------------------------------------------------

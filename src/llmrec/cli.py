@@ -504,6 +504,52 @@ def cmd_batch_recommend(args) -> int:
     return 0
 
 
+def _batch_ray_options(s: argparse.ArgumentParser, output: bool = True) -> None:
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data actors (the 'ray' extra)")
+    s.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray: auto (the cluster running here) or ray://HOST:PORT; default a local Ray")
+    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: every core)")
+    if output:
+        s.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per CPU of the cluster)")
+        s.add_argument("--overwrite", action="store_true", help="replace another job's results in --out")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_batch_encode(args) -> int:
+    from . import batch_encode
+    from .io import parse_column_map
+    res = batch_encode.encode(args.out, encoder=args.encoder, items=args.items, dataset=args.dataset,
+                              item_columns=parse_column_map(args.item_columns), template=args.template,
+                              normalize=not args.no_normalize, engine=args.engine, address=args.address,
+                              num_cpus=args.num_cpus, workers=args.workers, chunk_size=args.chunk_size,
+                              overwrite=args.overwrite, progress=not args.json)
+    if args.json:
+        _print_json(res)
+    else:
+        resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
+        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
+        print(f"{res['items']:,} item vectors ({res['encoder']}, {chunks}{resumed}) on "
+              f"{res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
+    return 0
+
+
+def cmd_batch_evaluate(args) -> int:
+    from . import batch_evaluate
+    res = batch_evaluate.evaluate(args.model_dir, ks=_ks(args.k), stage=args.stage, engine=args.engine,
+                                  shards=args.shards, address=args.address,
+                                  num_cpus=args.num_cpus)
+    if args.json:
+        _print_json(res)
+    else:
+        print(f"model: {res['model']}   {res['engine']}, {res['shards']} shard(s)   {res['seconds']:.1f}s\n"
+              f"protocol: {res['protocol']}\nusers evaluated: {res['users_evaluated']:,}; candidates ranked: "
+              f"{res['candidates']:,}")
+        for k, v in res["metrics"].items():
+            print(f"{k:>12}  {v:.4f}")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------------
 def _model_command(sub, name: str, help_: str, func: Handler) -> argparse.ArgumentParser:
     """A command over data and a model: the data, cleaning and model options, and --json."""
@@ -562,16 +608,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--users", metavar="FILE", help="user ids, one per line (default: every known user)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="add a reason column (a JSON string)")
-    s.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data actors (the 'ray' extra)")
-    s.add_argument("--address", default=None, metavar="ADDR",
-                   help="Ray: auto (the cluster running here) or ray://HOST:PORT; default a local Ray")
-    s.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: every core)")
-    s.add_argument("--workers", type=int, default=None, help="Ray actors (default: one per CPU of the cluster)")
     s.add_argument("--chunk-size", type=int, default=1000, help="users per part file (default 1000)")
-    s.add_argument("--overwrite", action="store_true", help="replace another job's results in --out")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    _batch_ray_options(s)
     s.set_defaults(func=cmd_batch_recommend)
+    s = b.add_parser("encode", help="every item text of a catalogue as a vector, as Parquet part files")
+    s.add_argument("--items", metavar="FILE_OR_FOLDER",
+                   help="catalogue: a file (CSV, TSV, JSONL, Parquet) or a Parquet folder / URI (file://, s3://)")
+    s.add_argument("--dataset", help="or a named data set's catalogue")
+    s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    s.add_argument("--encoder", required=True, metavar="NAME", help="text encoder (see `llmrec encoders`)")
+    s.add_argument("--template", default=None, help="item text template (default: zero-shot's)")
+    s.add_argument("--no-normalize", action="store_true",
+                   help="raw vectors (for metric=dot / euclidean); default L2-normalised")
+    s.add_argument("--out", required=True, metavar="FOLDER", help="folder of part files")
+    s.add_argument("--chunk-size", type=int, default=10_000, help="items per part file (default 10000)")
+    _batch_ray_options(s)
+    s.set_defaults(func=cmd_batch_encode)
+    s = b.add_parser("evaluate", help="evaluate a checkpoint with its users sharded (the evaluate command's figures)")
+    s.add_argument("--model-dir", required=True, help="the checkpoint (evaluated on the data its card names)")
+    s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
+    s.add_argument("--stage", choices=["test", "valid"], default="test")
+    s.add_argument("--shards", type=int, default=None,
+                   help="user shards (local: default 1; ray: one actor each, default one per CPU)")
+    _batch_ray_options(s, output=False)
+    s.set_defaults(func=cmd_batch_evaluate)
 
     s = sub.add_parser("encoders", help="list the built-in text encoders")
     s.add_argument("--json", action="store_true")

@@ -58,41 +58,28 @@ def block_users(n_items: int, memory_mb: float = MEMORY_MB) -> int:
     return max(1, int(memory_mb * 2**20 // (4 * max(n_items, 1))))
 
 
-def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...] = (10, 20),
-             stage: str = "test", memory_mb: float = MEMORY_MB, users: np.ndarray | None = None,
-             progress: bool = True, candidates: np.ndarray | None = None) -> Result:
-    """Evaluate ``model`` (anything with ``score_histories(list[int64 array]) -> float32 [b, n_items]``).
-
-    The history and non-candidates are set to -inf in each block's scores: in place when the model is
-    a Recommender declaring ``fresh_scores``, else in a copy (one buffer reused across blocks).
-    Every k in ``ks`` must be at most ``n_items`` (ConfigError).
-
-    stage: "test" (history = everything before the test target) or "valid" (history = train).
-    memory_mb: float32 scores per block of users (the block size; the figures do not depend on it).
-    users: an optional subset of evaluation users (internal indices), e.g. a fixed random sample.
-    """
+def stage_targets(split: Split, stage: str) -> tuple[np.ndarray, np.ndarray, Interactions]:
+    """The evaluation users, their targets and the log their histories come from, for ``stage``: "test"
+    (history = everything before the test target) or "valid" (history = train)."""
     if stage == "test":
-        eval_users, targets, context = split.test_users, split.test_items, split.test_context
-    elif stage == "valid":
-        eval_users, targets, context = split.valid_users, split.valid_items, split.train
-    else:
-        raise LLMRecError(f"stage must be 'test' or 'valid', got {stage!r}")
-    if users is not None:
-        keep = np.isin(eval_users, users)
-        eval_users, targets = eval_users[keep], targets[keep]
-    if max(ks) > n_items:
-        raise ConfigError(f"evaluate: k={max(ks)} is larger than the catalogue ({n_items:,} items); "
-                          f"choose k <= {n_items:,}")
-    hist = _histories(context, n_users)
-    cand = candidate_mask(split, n_items) if candidates is None else candidates
-    max_k = max(ks)
+        return split.test_users, split.test_items, split.test_context
+    if stage == "valid":
+        return split.valid_users, split.valid_items, split.train
+    raise LLMRecError(f"stage must be 'test' or 'valid', got {stage!r}")
+
+
+def rank_targets(model, eval_users: np.ndarray, targets: np.ndarray, hist: list[np.ndarray], cand: np.ndarray,
+                 max_k: int, memory_mb: float = MEMORY_MB, stage: str = "test",
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each evaluation user's target rank (0 = best) and top ``max_k`` items (int64 [n], [n, max_k]), the
+    history and non-candidates excluded, scored in blocks of users; and the block size."""
+    n_items = len(cand)
     batch_size = block_users(n_items, memory_mb)
     excluded = np.flatnonzero(~cand)
     ranks = np.empty(len(eval_users), dtype=np.int64)
     tops = np.empty((len(eval_users), max_k), dtype=np.int64)
     fresh = isinstance(model, Recommender) and model.fresh_scores
     buffer = None
-    t0 = time.perf_counter()
     bar = tqdm(total=len(eval_users), desc=f"evaluate {stage}", unit="user", disable=not progress,
                leave=False)
     for start in range(0, len(eval_users), batch_size):
@@ -112,6 +99,34 @@ def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...
         tops[start:start + len(bu)] = metrics.top_k(scores, max_k)[0]
         bar.update(len(bu))
     bar.close()
+    return ranks, tops, batch_size
+
+
+def evaluate(model, split: Split, n_users: int, n_items: int, ks: tuple[int, ...] = (10, 20),
+             stage: str = "test", memory_mb: float = MEMORY_MB, users: np.ndarray | None = None,
+             progress: bool = True, candidates: np.ndarray | None = None) -> Result:
+    """Evaluate ``model`` (anything with ``score_histories(list[int64 array]) -> float32 [b, n_items]``).
+
+    The history and non-candidates are set to -inf in each block's scores: in place when the model is
+    a Recommender declaring ``fresh_scores``, else in a copy (one buffer reused across blocks).
+    Every k in ``ks`` must be at most ``n_items`` (ConfigError).
+
+    stage: "test" (history = everything before the test target) or "valid" (history = train).
+    memory_mb: float32 scores per block of users (the block size; the figures do not depend on it).
+    users: an optional subset of evaluation users (internal indices), e.g. a fixed random sample.
+    """
+    eval_users, targets, context = stage_targets(split, stage)
+    if users is not None:
+        keep = np.isin(eval_users, users)
+        eval_users, targets = eval_users[keep], targets[keep]
+    if max(ks) > n_items:
+        raise ConfigError(f"evaluate: k={max(ks)} is larger than the catalogue ({n_items:,} items); "
+                          f"choose k <= {n_items:,}")
+    hist = _histories(context, n_users)
+    cand = candidate_mask(split, n_items) if candidates is None else candidates
+    t0 = time.perf_counter()
+    ranks, tops, batch_size = rank_targets(model, eval_users, targets, hist, cand, max(ks), memory_mb, stage,
+                                           progress)
     out: dict[str, float] = {}
     for k in ks:
         out[f"HR@{k}"] = metrics.hit_rate(ranks, k)

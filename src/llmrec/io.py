@@ -23,7 +23,42 @@ JSONL_CHUNK_ROWS = 200_000  # a parsed JSON line is a dict (~0.5 kB): smaller ch
 _SEPS = {"csv": ",", "tsv": "\t"}
 
 
+def is_dataset(path: str | Path) -> bool:
+    """Whether ``path`` names a Parquet data set rather than one file: a folder of part files (hive
+    partitions such as ``genre=drama/`` included) or a URI with a filesystem scheme (``file://``,
+    ``s3://``, ... as ``pyarrow.fs`` reads them)."""
+    return "://" in str(path) or Path(path).is_dir()
+
+
+def location(path: str | Path) -> str:
+    """How a data source is recorded: a URI as given, a local path made absolute."""
+    return str(path) if "://" in str(path) else str(Path(path).resolve())
+
+
+def parquet_dataset(path: str | Path):
+    """A ``pyarrow.dataset`` over a folder or URI of Parquet files, hive partitions read as columns,
+    its files in path order (row order is the files' order, then each file's). Errors name the path."""
+    import pyarrow.dataset as pads
+    import pyarrow.fs as pafs
+    try:
+        if "://" in str(path):
+            fs, root = pafs.FileSystem.from_uri(str(path))
+        else:
+            fs, root = pafs.LocalFileSystem(), str(Path(path).resolve())
+        found = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive")
+        files = sorted(found.files)
+        if not files:
+            raise DataError("no Parquet files in the folder", path=str(path))
+        return pads.dataset(files, filesystem=fs, format="parquet", schema=found.schema,
+                            partitioning=pads.partitioning(found.partitioning.schema, flavor="hive")
+                            if found.partitioning is not None else None, partition_base_dir=root)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
+        raise DataError(f"not a readable Parquet data set ({str(e).splitlines()[0]})", path=str(path)) from None
+
+
 def detect_format(path: str | Path) -> str:
+    if is_dataset(path):
+        return "parquet"
     name = str(path).lower()
     for suffix, fmt in ((".csv", "csv"), (".tsv", "tsv"), (".tab", "tsv"), (".inter", "tsv"),
                         (".item", "tsv"), (".user", "tsv"), (".jsonl", "jsonl"), (".ndjson", "jsonl"),
@@ -171,27 +206,42 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         raise DataError(f"not a readable Parquet file ({e})", path=str(path)) from None
 
 
+def _dataset_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    data = parquet_dataset(path)
+    try:
+        for batch in data.to_batches(batch_size=chunk_rows):
+            if batch.num_rows:
+                yield batch.to_pandas()
+    except (OSError, ValueError) as e:
+        raise DataError(f"not a readable Parquet data set ({str(e).splitlines()[0]})", path=str(path)) from None
+
+
+def _file_chunks(path: Path, fmt: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if fmt in _SEPS:
+        return _delimited_chunks(path, fmt, chunk_rows)
+    if fmt == "jsonl":
+        return _jsonl_chunks(path, min(chunk_rows, JSONL_CHUNK_ROWS))
+    if fmt == "parquet":
+        return _parquet_chunks(path, chunk_rows)
+    raise DataError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}", path=str(path))
+
+
 def iter_chunks(path: str | Path, fmt: str | None = None, columns: dict[str, str] | None = None,
                 chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """Read a table as frames of at most ``chunk_rows`` rows; ``columns`` maps our column names to the
     file's (e.g. ``{"item_id": "movieId"}``). Delimited files are read as strings (ids stay exact).
-    Rows are counted without the header and blank lines; ``line_of_row`` turns a row into a line."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError("no such file", path=str(path))
-    if path.is_dir():
-        raise DataError("is a folder, expected a file", path=str(path))
-    if path.stat().st_size == 0:
-        raise DataError("the file is empty", path=str(path))
-    fmt = fmt or detect_format(path)
-    if fmt in _SEPS:
-        chunks = _delimited_chunks(path, fmt, chunk_rows)
-    elif fmt == "jsonl":
-        chunks = _jsonl_chunks(path, min(chunk_rows, JSONL_CHUNK_ROWS))
-    elif fmt == "parquet":
-        chunks = _parquet_chunks(path, chunk_rows)
+    Rows are counted without the header and blank lines; ``line_of_row`` turns a row into a line.
+    A folder or a URI (``file://``, ``s3://``) is a Parquet data set (``parquet_dataset``), read batch
+    by batch: one chunk in memory at a time whatever its size."""
+    if is_dataset(path):
+        chunks = _dataset_chunks(path, chunk_rows)
     else:
-        raise DataError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}", path=str(path))
+        path = Path(path)
+        if not path.exists():
+            raise DataError("no such file", path=str(path))
+        if path.stat().st_size == 0:
+            raise DataError("the file is empty", path=str(path))
+        chunks = _file_chunks(path, fmt or detect_format(path), chunk_rows)
     n = 0
     for df in chunks:
         if columns:

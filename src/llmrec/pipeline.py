@@ -42,6 +42,7 @@ def load_data(*, dataset: str | None = None, interactions: str | Path | None = N
     named by its line in the log file. ``meta["origin"]`` holds these arguments (paths made absolute)."""
     from . import datasets
     from .data import load_catalog, load_files
+    from .io import location
     if dataset and (interactions or items):
         raise LLMRecError("pass either --dataset or --interactions / --items, not both")
     dataset = dataset or (None if interactions or items else default)
@@ -51,14 +52,13 @@ def load_data(*, dataset: str | None = None, interactions: str | Path | None = N
     elif interactions:
         ds = load_files(interactions, items, interaction_columns=columns, item_columns=item_columns,
                         unknown_items=unknown_items)
-        source = {"interactions": str(Path(interactions).resolve()),
-                  "items": str(Path(items).resolve()) if items else None, "columns": columns or None,
-                  "item_columns": item_columns or None, "unknown_items": unknown_items}
+        source = {"interactions": location(interactions), "items": location(items) if items else None,
+                  "columns": columns or None, "item_columns": item_columns or None, "unknown_items": unknown_items}
     elif items:
         empty = np.zeros(0, np.int64)
         ds = Dataset(Path(items).stem, load_catalog(items, item_columns),
                      Interactions(empty, empty, np.zeros(0), np.zeros(0, np.float32)), IdMap(kind="user"))
-        source = {"items": str(Path(items).resolve()), "item_columns": item_columns or None}
+        source = {"items": location(items), "item_columns": item_columns or None}
     else:
         raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
     ds.meta["origin"] = {k: v for k, v in source.items() if v is not None}

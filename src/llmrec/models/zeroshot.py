@@ -14,7 +14,9 @@ Scores: similarity(user vector, item vectors) with ``metric`` cosine | dot | euc
 Encoder ``auto`` (the default) picks by the catalogue's language and size when the model is first fitted and
 keeps that choice (saved with the checkpoint): see ``encoders.auto``.
 Catalogue vectors are streamed to the encoder's on-disk cache chunk by chunk, so a killed fit resumes and a
-second fit reads them back without encoding.
+second fit reads them back without encoding. Vectors made elsewhere come in as textseq's do,
+``with_text_vectors(array)``, or from a ``batch encode`` folder (config ``vectors``, whose encoder the model
+takes for its queries).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class ZeroShotConfig(Checked):
     batch_size: int = option(64, ge=1)
     recall: float = option(0.95, gt=0.0, le=1.0)  # an approximate index tuned at fit to this recall@10
     tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
+    vectors: str = ""  # a folder of item vectors written by `llmrec batch encode`: fitting reads, not encodes
 
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
@@ -88,9 +91,16 @@ class ZeroShot(Recommender):
         self.encoder_name: str | None = None if self.config.encoder == "auto" else self.config.encoder
         self._encoder: encoders.Encoder | None = None
         self.item_vectors: np.ndarray | None = None
+        self.text_vectors: np.ndarray | None = None
         self.encode_seconds, self.cache_hits = 0.0, 0
         self._scratch: str | None = None  # a milvus index's own store when no index_uri is given
         self.index: vindex.Index | None = None
+
+    def with_text_vectors(self, vectors: np.ndarray) -> ZeroShot:
+        """Use precomputed item text embeddings (float32 [n_items, d], catalogue order, from this model's
+        encoder) instead of encoding the catalogue, as ``TextSeq.with_text_vectors``."""
+        self.text_vectors = np.asarray(vectors, dtype=np.float32)
+        return self
 
     # -- fitting: encode the catalogue -------------------------------------------------------------
     @property
@@ -148,17 +158,61 @@ class ZeroShot(Recommender):
         return self
 
     def _encode_catalog(self, progress: bool) -> None:
-        texts = item_texts(self.catalog, self.config.template)
-        enc = self.encoder
-        hits0 = getattr(enc, "hits", 0)
         t0 = time.perf_counter()
-        vecs = enc.encode(texts, normalize=self.config.metric == "cosine",
-                          batch_size=self.config.batch_size, progress=None if progress else False)
-        del texts
+        if self.text_vectors is None and self.config.vectors:
+            self.text_vectors = self._folder_vectors(self.config.vectors, progress)
+        if self.text_vectors is not None:
+            vecs = self.text_vectors
+            if vecs.ndim != 2 or len(vecs) != len(self.catalog):
+                raise LLMRecError(f"text vectors have shape {vecs.shape}; expected [{len(self.catalog)}, d]")
+            self.text_vectors = None  # held as the model's vectors from here on
+        else:
+            texts = item_texts(self.catalog, self.config.template)
+            enc = self.encoder
+            hits0 = getattr(enc, "hits", 0)
+            vecs = enc.encode(texts, normalize=self.config.metric == "cosine",
+                              batch_size=self.config.batch_size, progress=None if progress else False)
+            del texts
+            self.cache_hits = getattr(enc, "hits", 0) - hits0
         self.encode_seconds = time.perf_counter() - t0
-        self.cache_hits = getattr(enc, "hits", 0) - hits0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
+
+    def _folder_vectors(self, folder: str, progress: bool) -> np.ndarray:
+        """The catalogue's vectors from a ``batch encode`` folder; items added since it was written (a
+        service's new items before a retrain) are encoded here with the folder's encoder. A folder that
+        holds none of the catalogue's items is refused."""
+        from ..batch_encode import read_vectors
+        self._take_encoder_of(folder)
+        vecs, found = read_vectors(folder, self.catalog)
+        if not found.any():
+            raise LLMRecError(f"vectors={folder} hold none of this catalogue's {len(self.catalog):,} items "
+                              f"(e.g. {self.catalog.ids.id(0)!r}): encode this catalogue")
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            print(f"{self.name}: {len(missing):,} of {len(self.catalog):,} items have no vector in {folder}; "
+                  "encoding them", file=sys.stderr)
+            texts = item_texts(Catalog.from_frame(self.catalog.frame.iloc[missing]), self.config.template)
+            vecs[missing] = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
+                                                batch_size=self.config.batch_size, progress=None if progress else False)
+        return vecs
+
+    def _take_encoder_of(self, folder: str) -> None:
+        """The encoder of a ``batch encode`` folder becomes this model's (its queries must use it); a
+        folder made with another encoder, normalisation or template than this model's is refused."""
+        from ..batch_encode import read_job
+        job = read_job(folder)
+        if self.encoder_name is not None and encoders.resolve(self.encoder_name)[1] != job["encoder"]:
+            raise LLMRecError(f"vectors={folder} were made by encoder {job['encoder']!r}, not "
+                              f"{self.encoder_name!r}: omit encoder or name that one")
+        cosine = self.config.metric == "cosine"
+        if job["normalize"] != cosine:
+            need = "L2-normalised vectors" if cosine else "raw vectors (batch encode --no-normalize)"
+            raise LLMRecError(f"vectors={folder}: metric={self.config.metric} needs {need}")
+        if job["template"] != self.config.template:
+            raise LLMRecError(f"vectors={folder} were encoded with template {job['template']!r}, not this "
+                              f"model's {self.config.template!r}")
+        self.encoder_name = job["encoder"]
 
     def reindex(self, index: str, **settings) -> dict:
         """Rebuild the item index as ``index`` (exact | hnsw | ivf | milvus, with config ``settings`` such as
