@@ -5,9 +5,10 @@
     python benchmarks/run.py --dataset ml-1m --model sasrec --set sasrec.epochs=50
     python benchmarks/run.py --dataset ml-100k --model itemknn --select itemknn.neighbors=20,40,80,0
 
-``--select MODEL.KEY=V1,V2,...`` fits the model once per value and keeps the one with the highest
-validation NDCG@10 (the first listed on a tie); only the chosen one's test figures are written, beside
-every value's validation NDCG@10.
+``--select MODEL.KEY=V1,V2,...`` is a grid search (``llmrec.tune.select``, the validation score
+``llmrec tune`` uses): the model is fitted once per value and the one with the highest validation NDCG@10
+(the first listed on a tie) is fitted again and tested; only its test figures are written, beside every
+value's validation NDCG@10. The test split is read for the chosen value only.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from llmrec import __version__, datasets, evaluate, models, pipeline, split
+from llmrec import __version__, datasets, evaluate, models, pipeline, split, tune
 from llmrec.config import parse_overrides
 
 RESULTS = Path(__file__).parent / "results"
@@ -106,18 +107,18 @@ def main(argv: list[str] | None = None) -> int:
         ds = datasets.load(name)
         sp = split.leave_one_out(ds)
         for m in args.model:
-            key, values = selections.get(m, (None, [None]))
-            tried: dict[str, float] = {}
-            r = None
-            for v in values:
-                over = dict(per_model.get(m, {}), **({key: v} if key else {}))
-                one = run_one(ds, sp, m, over, tag=args.tag, command=command, sample=args.sample_users,
-                              sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir)
-                tried[json.dumps(v)] = one["valid_metrics"]["NDCG@10"]
-                if r is None or tried[json.dumps(v)] > r["valid_metrics"]["NDCG@10"]:
-                    r = one
+            over = dict(per_model.get(m, {}))
+            key = None
+            if m in selections:
+                key, values = selections[m]
+                chosen, tried = tune.select(ds, sp, m, key, values, over,
+                                            users=sample_users(sp, args.sample_users, args.sample_seed))
+                over[key] = chosen
+            r = run_one(ds, sp, m, over, tag=args.tag, command=command, sample=args.sample_users,
+                        sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir)
             if key:
-                r["selection"] = {"key": key, "valid_NDCG@10": tried, "chosen": r["config"][key],
+                r["selection"] = {"key": key, "valid_NDCG@10": {v: round(x, 4) for v, x in tried.items()},
+                                  "chosen": r["config"][key],
                                   "rule": "highest validation NDCG@10, the first listed on a tie; the test "
                                           "figures of the others are not kept"}
             path = args.out / f"{ds.name}__{r['model']}.json"

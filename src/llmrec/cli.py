@@ -185,6 +185,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import tune
+    from .config import parse_overrides
+    if not args.model:
+        raise LLMRecError("tune needs --model (see `llmrec models`)")
+    overrides = parse_overrides(args.overrides)
+    space = None
+    if args.space:
+        try:
+            space = json.loads(open(args.space, encoding="utf-8").read())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LLMRecError(f"{args.space}: not a JSON search space ({e})") from None
+    tune.search_space(args.model, space)  # a bad space is refused before the data loads
+    ds = load_data(args)
+    out = tune.tune(ds, _split(args, ds), args.model, trials=args.trials, max_minutes=args.max_minutes,
+                    study=args.study, study_name=args.study_name, out=args.out, overrides=overrides,
+                    space=space, trial_minutes=args.trial_minutes, seed=args.seed or 0,
+                    progress=not args.json)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"study {out['study']} ({args.study}): {out['trials']} trials ({out['new_trials']} new), "
+              f"{out['complete']} complete, {out['pruned']} pruned, {out['failed']} failed")
+        print(f"best validation NDCG@10: {out['best_value']} with {json.dumps(out['best_params'])}")
+        if args.out:
+            print(f"best config trained -> {args.out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from . import evaluate
     ks = _ks(args.k)
@@ -448,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _model_command(sub, "train", "train a model on the train split and save a checkpoint", cmd_train)
     s.add_argument("--out", required=True, help="checkpoint folder")
+    s.add_argument("--split", choices=["loo", "temporal"], default="loo")
+
+    s = _model_command(sub, "tune", "search a model's hyper-parameters on validation NDCG@10 (Optuna)", cmd_tune)
+    s.add_argument("--trials", type=int, default=20, help="trials in the study in all (those done count)")
+    s.add_argument("--max-minutes", type=float, default=0.0, help="this call's time budget (0 = none)")
+    s.add_argument("--trial-minutes", type=float, default=0.0,
+                   help="training budget of each trial, for models with max_minutes (0 = none)")
+    s.add_argument("--study", default="tune.db", help="SQLite file of the study (a second call resumes it)")
+    s.add_argument("--study-name", default=None, help="default DATASET__MODEL")
+    s.add_argument("--space", default=None, metavar="FILE",
+                   help='JSON search space instead of the model\'s, e.g. {"neighbors": ["int", 5, 400, true]}')
+    s.add_argument("--out", default=None, help="train the best config to this checkpoint folder")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
 
     s = _model_command(sub, "evaluate", "fit a model and evaluate it (full ranking, leave-one-out)", cmd_evaluate)

@@ -66,6 +66,9 @@ class Recommender(ABC):
     fresh_scores: ClassVar[bool] = False
     # training state is written to fit's checkpoint_dir after each epoch, and a run started there resumes
     supports_resume: ClassVar[bool] = False
+    # fit validates after epochs and calls ``on_validation(epoch, valid NDCG@10)`` after each (a search
+    # prunes poor trials from it); False: fit reports nothing while it trains
+    reports_validation: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any):
         if config is None or isinstance(config, dict):
@@ -80,6 +83,9 @@ class Recommender(ABC):
         # loaded from (saving elsewhere carries the state along); None = none
         self.checkpoint_dir: Path | None = None
         self.card: dict = {}
+        # called with (epoch, validation NDCG@10) after each validation by a model that
+        # ``reports_validation``; it may raise to stop the fit (training.fit_loop's on_validation)
+        self.on_validation = None
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, data: Dataset, split: Split | None = None, progress: bool = True,

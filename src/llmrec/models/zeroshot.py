@@ -56,6 +56,8 @@ class ZeroShotConfig(Checked):
     recall: float = option(0.95, gt=0.0, le=1.0)  # an approximate index tuned at fit to this recall@10
     tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
 
+    SEARCH_SPACE = {"recency": ("float", 0.2, 1.0, False), "max_history": ("int", 5, 200, True)}
+
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
 they them this that these those is am are was were be been have has had do does did lately recently really
