@@ -403,6 +403,9 @@ class SequentialRecommender(Recommender):
         self.net.train(was)
         return table
 
+    def diversity_vectors(self) -> tuple[np.ndarray, str]:
+        return self.item_vectors().float().cpu().numpy(), f"{self.name}'s item table (the item vectors it scores with)"
+
     @torch.no_grad()
     def user_vectors(self, histories: list[np.ndarray], table: torch.Tensor | None = None) -> torch.Tensor:
         """float [b, d] for b histories (internal item indices; empty ones get zeros)."""

@@ -206,6 +206,10 @@ class ZeroShot(Recommender):
             self._stale = np.union1d(self._stale, idx[idx < old_n])
         return idx
 
+    def diversity_vectors(self) -> tuple[np.ndarray, str]:
+        self._check_fitted()
+        return self.item_vectors, f"zero-shot's item vectors ({self.encoder_name} text vectors)"
+
     # -- users as vectors -----------------------------------------------------------------------------
     def _pool(self, h: np.ndarray) -> np.ndarray:
         h = h[-self.config.max_history:]
