@@ -4,6 +4,7 @@
     python benchmarks/run.py --dataset ml-100k ml-1m --model popular itemknn
     python benchmarks/run.py --dataset ml-1m --model sasrec --set sasrec.epochs=50
     python benchmarks/run.py --dataset ml-100k --model itemknn --select itemknn.neighbors=20,40,80,0
+    python benchmarks/run.py --dataset ml-1m --model popular --beyond   # + ILD, novelty, popularity
 
 ``--select MODEL.KEY=V1,V2,...`` is a grid search (``llmrec.tune.select``, the validation score
 ``llmrec tune`` uses): the model is fitted once per value and the one with the highest validation NDCG@10
@@ -44,13 +45,13 @@ def sample_users(sp, n: int, seed: int):
 
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
             command: str = "", sample: int = 0, sample_seed: int = 0,
-            checkpoint_dir: Path | None = None) -> dict:
+            checkpoint_dir: Path | None = None, beyond: bool = False) -> dict:
     model = models.get(model_name, overrides)
     users = sample_users(sp, sample, sample_seed)
     folder = checkpoint_dir / f"{ds.name}__{tag or model_name}" if checkpoint_dir is not None else None
     load_before = os.getloadavg()
     fit_s = pipeline.fit_card_save(model, ds, sp, folder)["fit_seconds"]
-    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users)
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users, beyond=beyond)
     valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), stage="valid",
                               progress=False, users=users)
     out = {
@@ -70,6 +71,7 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         out["users_sample"] = {"size": int(len(users)), "seed": sample_seed,
                                "of_test_users": int(len(sp.test_users)),
                                "how": "numpy default_rng(seed).choice(test users, size, no replacement)"}
+    out.update(res.extra)  # beyond accuracy: which item vectors ILD was measured in
     out.update(model.benchmark_extra())
     return out
 
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-users", type=int, default=0, metavar="N",
                    help="evaluate a fixed random sample of N test users (slow generative models)")
     p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--beyond", action="store_true",
+                   help="add intra-list diversity, novelty, ARP and short-head share (evaluate's beyond=True)")
     args = p.parse_args(argv)
     per_model: dict[str, dict] = {}
     for key, value in parse_overrides(args.overrides).items():
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                                             users=sample_users(sp, args.sample_users, args.sample_seed))
                 over[key] = chosen
             r = run_one(ds, sp, m, over, tag=args.tag, command=command, sample=args.sample_users,
-                        sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir)
+                        sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir, beyond=args.beyond)
             if key:
                 r["selection"] = {"key": key, "valid_NDCG@10": {v: round(x, 4) for v, x in tried.items()},
                                   "chosen": r["config"][key],
