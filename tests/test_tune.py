@@ -103,3 +103,11 @@ def test_cli_tune_and_a_bad_space_file(tmp_path, capsys):
                      "--study", str(tmp_path / "s.db"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["trials"] == 2 and out["best_params"]["neighbors"] >= 5
+
+
+def test_grid_select_chooses_on_validation_the_first_on_a_tie(tiny, tiny_split):
+    chosen, tried = tune.select(tiny, tiny_split, "itemknn", "neighbors", [5, 40, 40], {"threads": 1})
+    assert list(tried) == ["5", "40"]  # a repeated value is one key
+    assert tried[json.dumps(chosen)] == max(tried.values())
+    m = models.get("itemknn", neighbors=chosen, threads=1).fit(tiny, tiny_split, progress=False)
+    assert tune.valid_ndcg10(m, tiny, tiny_split) == tried[json.dumps(chosen)]
