@@ -138,6 +138,25 @@ def test_http_diversity(tiny, tmp_path):
         engine.store.close()
 
 
+def test_service_text_queries_take_diversity(tmp_path):
+    from servicekit import TextKNN, dataset
+
+    from llmrec import service
+
+    class VectorTextKNN(TextKNN):
+        def diversity_vectors(self):
+            return np.random.default_rng(2).normal(size=(len(self.catalog), 8)).astype(np.float32), "random"
+    ds = dataset()
+    engine = service.open_engine(VectorTextKNN().fit(ds, progress=False), tmp_path / "state", source="topics")
+    try:
+        plain = engine.recommend(text="space robots", k=4)["items"]
+        mixed = engine.recommend(text="space robots", k=4, diversity=1.0)["items"]
+        assert len(mixed) == len(plain) == 4 and mixed[0] == plain[0]  # the first pick is the most relevant
+        assert [i["item_id"] for i in mixed] != [i["item_id"] for i in plain]
+    finally:
+        engine.store.close()
+
+
 @pytest.mark.slow
 def test_text_vectors_for_a_model_without_its_own(tiny, tiny_split):
     """itemknn has no item vectors: diversity is measured in the catalogue's text vectors."""
