@@ -191,6 +191,8 @@ def cmd_tune(args) -> int:
     if not args.model:
         raise LLMRecError("tune needs --model (see `llmrec models`)")
     overrides = parse_overrides(args.overrides)
+    if args.encoder:
+        overrides["encoder"] = args.encoder
     space = None
     if args.space:
         try:
