@@ -216,7 +216,7 @@ class Engine:
                     out[i] = prepared
                 else:
                     groups.setdefault(prepared.group, []).append((i, prepared))
-            for (exclude_seen, _, explain, diversity), members in groups.items():
+            for (exclude_seen, _, explain, diversity, _), members in groups.items():
                 qs = [p for _, p in members]
                 k = max(p.k for p in qs)
                 try:
@@ -268,7 +268,7 @@ class Engine:
                 raise field_error("history", f"history holds more than {MAX_HISTORY} items")
             hist = self._indices(history, "history")
         group = (bool(exclude_seen), json.dumps(filters, sort_keys=True, default=str) if filters else "",
-                 bool(explain), diversity)
+                 bool(explain), diversity, k if diversity else 0)  # MMR's pool depends on k
         return _Query(hist, excl, k, mask, head, group)
 
     def _recommend_text(self, text, k, excl, mask, explain, diversity=0.0):
