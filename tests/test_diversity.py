@@ -134,7 +134,7 @@ def test_http_diversity(tiny, tmp_path):
             assert r.status_code == 422 and "diversity" in r.text, (bad, r.text)
         with pytest.raises(Exception, match="diversity"):
             engine.recommend(history=hist, diversity=3)
-        queries = [dict(history=hist, k=k, diversity=0.5) for k in (3, 12)]
+        queries = [dict(history=hist, k=k, diversity=1.0) for k in (3, 40)]
         assert engine.recommend_many(queries) == [engine.recommend(**q) for q in queries]  # batched = alone
     finally:
         engine.store.close()
