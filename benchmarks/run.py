@@ -4,10 +4,12 @@
     python benchmarks/run.py --dataset ml-100k ml-1m --model popular itemknn
     python benchmarks/run.py --dataset ml-1m --model sasrec --set sasrec.epochs=50
     python benchmarks/run.py --dataset ml-100k --model itemknn --select itemknn.neighbors=20,40,80,0
+    python benchmarks/run.py --dataset ml-1m --model popular --beyond   # + ILD, novelty, popularity
 
-``--select MODEL.KEY=V1,V2,...`` fits the model once per value and keeps the one with the highest
-validation NDCG@10 (the first listed on a tie); only the chosen one's test figures are written, beside
-every value's validation NDCG@10.
+``--select MODEL.KEY=V1,V2,...`` is a grid search (``llmrec.tune.select``, the validation score
+``llmrec tune`` uses): the model is fitted once per value and the one with the highest validation NDCG@10
+(the first listed on a tie) is fitted again and tested; only its test figures are written, beside every
+value's validation NDCG@10. The test split is read for the chosen value only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from llmrec import __version__, datasets, evaluate, models, pipeline, split
+from llmrec import __version__, datasets, evaluate, models, pipeline, split, tune
 from llmrec.config import parse_overrides
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,13 +45,13 @@ def sample_users(sp, n: int, seed: int):
 
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
             command: str = "", sample: int = 0, sample_seed: int = 0,
-            checkpoint_dir: Path | None = None) -> dict:
+            checkpoint_dir: Path | None = None, beyond: bool = False) -> dict:
     model = models.get(model_name, overrides)
     users = sample_users(sp, sample, sample_seed)
     folder = checkpoint_dir / f"{ds.name}__{tag or model_name}" if checkpoint_dir is not None else None
     load_before = os.getloadavg()
     fit_s = pipeline.fit_card_save(model, ds, sp, folder)["fit_seconds"]
-    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users)
+    res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage="test", users=users, beyond=beyond)
     valid = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=(10,), stage="valid",
                               progress=False, users=users)
     out = {
@@ -69,6 +71,7 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         out["users_sample"] = {"size": int(len(users)), "seed": sample_seed,
                                "of_test_users": int(len(sp.test_users)),
                                "how": "numpy default_rng(seed).choice(test users, size, no replacement)"}
+    out.update(res.extra)  # beyond accuracy: which item vectors ILD was measured in
     out.update(model.benchmark_extra())
     return out
 
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-users", type=int, default=0, metavar="N",
                    help="evaluate a fixed random sample of N test users (slow generative models)")
     p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--beyond", action="store_true",
+                   help="add intra-list diversity, novelty, ARP and short-head share (evaluate's beyond=True)")
     args = p.parse_args(argv)
     per_model: dict[str, dict] = {}
     for key, value in parse_overrides(args.overrides).items():
@@ -106,18 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         ds = datasets.load(name)
         sp = split.leave_one_out(ds)
         for m in args.model:
-            key, values = selections.get(m, (None, [None]))
-            tried: dict[str, float] = {}
-            r = None
-            for v in values:
-                over = dict(per_model.get(m, {}), **({key: v} if key else {}))
-                one = run_one(ds, sp, m, over, tag=args.tag, command=command, sample=args.sample_users,
-                              sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir)
-                tried[json.dumps(v)] = one["valid_metrics"]["NDCG@10"]
-                if r is None or tried[json.dumps(v)] > r["valid_metrics"]["NDCG@10"]:
-                    r = one
+            over = dict(per_model.get(m, {}))
+            key = None
+            if m in selections:
+                key, values = selections[m]
+                chosen, tried = tune.select(ds, sp, m, key, values, over,
+                                            users=sample_users(sp, args.sample_users, args.sample_seed))
+                over[key] = chosen
+            r = run_one(ds, sp, m, over, tag=args.tag, command=command, sample=args.sample_users,
+                        sample_seed=args.sample_seed, checkpoint_dir=args.checkpoint_dir, beyond=args.beyond)
             if key:
-                r["selection"] = {"key": key, "valid_NDCG@10": tried, "chosen": r["config"][key],
+                r["selection"] = {"key": key, "valid_NDCG@10": {v: round(x, 4) for v, x in tried.items()},
+                                  "chosen": r["config"][key],
                                   "rule": "highest validation NDCG@10, the first listed on a tie; the test "
                                           "figures of the others are not kept"}
             path = args.out / f"{ds.name}__{r['model']}.json"

@@ -25,8 +25,8 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
     rows = [r for r in rows if "metrics" in r]  # e.g. encoders_throughput.json is another kind of result
     rows.sort(key=lambda r: (r["dataset"], ORDER.index(r["model"]) if r["model"] in ORDER else 99,
                              r["model"]))
-    head = ("| dataset | model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | users | fit s | eval s | peak MB | notes |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| dataset | model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | ILD@10 | Novelty@10 | Head@10 | users | fit s "
+            "| eval s | peak MB | notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         m = r["metrics"]
@@ -50,11 +50,14 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
             sel = r["selection"]
             notes.append(f"{sel['key']}={sel['chosen']} chosen on validation NDCG@10 among "
                          f"{', '.join(sel['valid_NDCG@10'])} (peak MB over every candidate)")
+        if r.get("item_vectors"):
+            notes.append(f"ILD over {r['item_vectors']}")
         if r.get("note"):
             notes.append("see `note` in its JSON")
         notes = "; ".join(notes)
         lines.append(f"| {r['dataset']} | {r['model']} | {_fmt(m.get('HR@10'))} | {_fmt(m.get('NDCG@10'))} | "
-                     f"{_fmt(m.get('HR@20'))} | {_fmt(m.get('NDCG@20'))} | {r.get('users_evaluated', '')} | "
+                     f"{_fmt(m.get('HR@20'))} | {_fmt(m.get('NDCG@20'))} | {_fmt(m.get('ILD@10'))} | "
+                     f"{_fmt(m.get('Novelty@10'))} | {_fmt(m.get('Head@10'))} | {r.get('users_evaluated', '')} | "
                      f"{r['fit_seconds']:.1f} | {r['eval_seconds']:.1f} | {r['peak_memory_mb']:.0f} | {notes} |")
     return "\n".join(lines)
 

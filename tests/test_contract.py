@@ -69,6 +69,24 @@ def test_recommend_excludes_seen_and_returns_external_ids(fitted, tiny):
         assert np.all(np.diff(recs.scores[row]) <= 1e-6), "scores best first"
 
 
+def test_diversity_reranks_the_models_own_list(fitted, tiny):
+    """diversity=0 is the plain list; diversity > 0 lists items of the model's wider list, seen ones still
+    excluded, in vectors of one row per item."""
+    _, m = fitted
+    users = list(tiny.users.ids()[:3])
+    plain = m.recommend(users=users, k=5)
+    assert (m.recommend(users=users, k=5, diversity=0.0).item_ids == plain.item_ids).all()
+    vecs, what = m.diversity_vectors()
+    assert vecs.shape[0] == len(m.catalog) and what
+    mixed = m.recommend(users=users, k=5, diversity=0.5)
+    wide = m.recommend(users=users, k=50)
+    for row, u in enumerate(users):
+        got = [x for x in mixed.item_ids[row] if x is not None]
+        assert len(got) == 5 and set(got) <= set(wide.item_ids[row])
+        assert got[0] == plain.item_ids[row][0]  # MMR's first pick is the most relevant item
+        assert not set(tiny.catalog.ids.ids(m.history_of(u))) & set(got)
+
+
 def test_batch_equals_one_by_one(fitted, tiny):
     _, m = fitted
     users = list(tiny.users.ids()[:4])

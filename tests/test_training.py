@@ -35,6 +35,25 @@ def test_early_stopping_keeps_best_weights():
     assert res.history[0]["loss"] > res.history[-1]["loss"]
 
 
+def test_on_validation_sees_each_validated_epoch_and_may_stop_training():
+    net, opt, batches, step, validate, _ = _problem([0.1, 0.3, 0.2, 0.25, 0.1, 0.9])
+    calls = []
+    training.fit_loop(net, opt, batches, step, validate, epochs=6, patience=10, eval_every=2, progress=False,
+                      on_validation=lambda epoch, score: calls.append((epoch, score)))
+    assert calls == [(2, 0.1), (4, 0.3), (6, 0.2)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch, score):
+        if epoch == 3:
+            raise Stop
+    net, opt, batches, step, validate, seen = _problem([0.1, 0.3, 0.2, 0.25])
+    with pytest.raises(Stop):
+        training.fit_loop(net, opt, batches, step, validate, epochs=4, progress=False, on_validation=stop_at_3)
+    assert len(seen) == 3
+
+
 def test_resume_continues_and_matches_uninterrupted(tmp_path):
     scores = [0.1, 0.2, 0.3, 0.4]
     net, opt, batches, step, validate, _ = _problem(scores)

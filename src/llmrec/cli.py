@@ -185,9 +185,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from . import tune
+    from .config import parse_overrides
+    if not args.model:
+        raise LLMRecError("tune needs --model (see `llmrec models`)")
+    overrides = parse_overrides(args.overrides)
+    if args.encoder:
+        overrides["encoder"] = args.encoder
+    space = None
+    if args.space:
+        try:
+            space = json.loads(open(args.space, encoding="utf-8").read())
+        except (OSError, json.JSONDecodeError) as e:
+            raise LLMRecError(f"{args.space}: not a JSON search space ({e})") from None
+    tune.search_space(args.model, space)  # a bad space is refused before the data loads
+    ds = load_data(args)
+    out = tune.tune(ds, _split(args, ds), args.model, trials=args.trials, max_minutes=args.max_minutes,
+                    study=args.study, study_name=args.study_name, out=args.out, overrides=overrides,
+                    space=space, trial_minutes=args.trial_minutes, seed=args.seed or 0,
+                    progress=not args.json)
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"study {out['study']} ({args.study}): {out['trials']} trials ({out['new_trials']} new), "
+              f"{out['complete']} complete, {out['pruned']} pruned, {out['failed']} failed")
+        print(f"best validation NDCG@10: {out['best_value']} with {json.dumps(out['best_params'])}")
+        if args.out:
+            print(f"best config trained -> {args.out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from . import evaluate
+    from .rerank import check_diversity
     ks = _ks(args.k)
+    check_diversity(args.diversity, "--diversity")  # before anything is fitted
     if args.model_dir:
         from .models import load_model
         model = load_model(args.model_dir)
@@ -202,10 +235,10 @@ def cmd_evaluate(args) -> int:
         model.fit(ds, sp, progress=not args.json)
         fit_s = time.perf_counter() - t0
     res = evaluate.evaluate(model, sp, ds.n_users, ds.n_items, ks=ks, stage=args.stage,
-                            progress=not args.json)
+                            progress=not args.json, beyond=args.beyond_accuracy, diversity=args.diversity)
     out = {"dataset": ds.name, "model": model.name, "protocol": res.protocol, "metrics": res.metrics,
            "users_evaluated": res.n_users, "candidates": res.n_candidates,
-           "fit_seconds": round(fit_s, 3), "eval_seconds": round(res.seconds, 3)}
+           "fit_seconds": round(fit_s, 3), "eval_seconds": round(res.seconds, 3), **res.extra}
     if ds.meta.get("cleaning"):
         out["cleaning"] = ds.meta["cleaning"]
     if args.json:
@@ -239,13 +272,18 @@ def _print_because(expl: dict) -> None:
 def cmd_recommend_text(args) -> int:
     """Free text (a profile), optionally mixed with a known user's history; works on a bare catalogue."""
     from .models import TextQueries
+    from .rerank import check_diversity, pool
     if not (args.model_dir or args.dataset or args.interactions or args.items):
         raise LLMRecError("no catalogue: pass --items FILE (or --dataset / --model-dir)")
+    diversity = check_diversity(args.diversity, "--diversity")
     model, _ = obtain(args, text=True)
     if not isinstance(model, TextQueries):
         raise LLMRecError(f"model {model.name!r} cannot recommend for free text; use --model zero-shot")
     hist = [list(model.catalog.ids.ids(model.history_of(args.user)))] if args.user else None
-    recs = model.recommend_text([args.text], k=args.k, histories=hist, explain=args.explain)
+    k = pool(args.k, len(model.catalog)) if diversity else args.k
+    recs = model.recommend_text([args.text], k=k, histories=hist, explain=args.explain)
+    if diversity:
+        recs = model.diversify(recs, args.k, diversity)
     items = recs.records(model.catalog)
     if args.json:
         _print_json({"text": args.text, "user_id": args.user, "model": model.name, "items": items})
@@ -263,8 +301,10 @@ def cmd_recommend(args) -> int:
         raise LLMRecError("pass --user ID (a known user) or --text \"...\" (a free-text profile)")
     if not (args.model_dir or args.dataset or args.interactions):
         raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    from .rerank import check_diversity
+    diversity = check_diversity(args.diversity, "--diversity")  # before the model is fitted
     model, _ = obtain(args)
-    recs = model.recommend(users=[args.user], k=args.k, explain=args.explain)
+    recs = model.recommend(users=[args.user], k=args.k, explain=args.explain, diversity=diversity)
     items = recs.records(model.catalog)
     if args.json:
         _print_json({"user_id": args.user, "model": model.name, "items": items})
@@ -586,11 +626,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
 
+    s = _model_command(sub, "tune", "search a model's hyper-parameters on validation NDCG@10 (Optuna)", cmd_tune)
+    s.add_argument("--trials", type=int, default=20, help="trials in the study in all (those done count)")
+    s.add_argument("--max-minutes", type=float, default=0.0, help="this call's time budget (0 = none)")
+    s.add_argument("--trial-minutes", type=float, default=0.0,
+                   help="training budget of each trial, for models with max_minutes (0 = none)")
+    s.add_argument("--study", default="tune.db", help="SQLite file of the study (a second call resumes it)")
+    s.add_argument("--study-name", default=None, help="default DATASET__MODEL")
+    s.add_argument("--space", default=None, metavar="FILE",
+                   help='JSON search space instead of the model\'s, e.g. {"neighbors": ["int", 5, 400, true]}')
+    s.add_argument("--out", default=None, help="train the best config to this checkpoint folder")
+    s.add_argument("--split", choices=["loo", "temporal"], default="loo")
+
     s = _model_command(sub, "evaluate", "fit a model and evaluate it (full ranking, leave-one-out)", cmd_evaluate)
     s.add_argument("--model-dir", help="evaluate a saved checkpoint instead of fitting --model")
     s.add_argument("-k", default="10,20", help="cut-offs, e.g. 10,20 (default)")
     s.add_argument("--split", choices=["loo", "temporal"], default="loo")
     s.add_argument("--stage", choices=["test", "valid"], default="test")
+    s.add_argument("--beyond-accuracy", action="store_true",
+                   help="add intra-list diversity, novelty, popularity (ARP) and short-head share")
+    s.add_argument("--diversity", type=float, default=0.0, metavar="LAMBDA",
+                   help="evaluate with MMR re-ranking: 0 (off, default) to 1")
 
     s = _model_command(sub, "recommend", "top-k items for a user", cmd_recommend)
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
@@ -598,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
+    s.add_argument("--diversity", type=float, default=0.0, metavar="LAMBDA",
+                   help="MMR re-ranking for diversity: 0 (off, default) to 1")
 
     b = sub.add_parser("batch", help="batch stages over a checkpoint, on this process or Ray").add_subparsers(
         dest="batch_cmd", required=True)

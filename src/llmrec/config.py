@@ -43,6 +43,9 @@ class Checked:
 
     RULES: ClassVar[tuple[tuple[str, Callable[[Any], bool], str], ...]] = ()
     RENAMED: ClassVar[dict[str, str | Callable[[Any], dict[str, Any]]]] = {}
+    # what ``llmrec tune`` searches: key -> ("int", low, high, log) | ("float", low, high, log) |
+    # ("choice", [values]); checked against the fields by ``check_space``
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {}
 
     def __post_init__(self) -> None:
         check(self)
@@ -62,6 +65,48 @@ def check(cfg: Any) -> None:
     for key, test, message in getattr(cls, "RULES", ()):
         if not test(cfg):
             raise ConfigError(f"{cls.__name__}.{key}: " + message.format(**dataclasses.asdict(cfg)))
+
+
+def check_space(cls: type, space: dict[str, Any]) -> dict[str, tuple]:
+    """``space`` (key -> ("int", low, high, log) | ("float", low, high, log) | ("choice", [values])) checked
+    against config ``cls``: every key a field, every bound and choice a valid value of it (ConfigError
+    naming the key). Returns it with lists made tuples (JSON round-trips it)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, tuple] = {}
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{cls.__name__}: the search space is empty; give key -> (kind, ...) pairs")
+    for key, spec in space.items():
+        where = f"{cls.__name__} search space {key!r}"
+        if key not in fields:
+            raise ConfigError(f"{where}: not a config key; valid keys: {', '.join(sorted(fields))}")
+        spec = tuple(spec) if isinstance(spec, (list, tuple)) else (spec,)
+        kind = spec[0] if spec else None
+        if kind == "choice":
+            if len(spec) != 2 or not isinstance(spec[1], (list, tuple)) or not spec[1]:
+                raise ConfigError(f"{where}: expected (\"choice\", [value, ...]), got {spec!r}")
+            values = tuple(spec[1])
+            out[key] = ("choice", values)
+        elif kind in ("int", "float"):
+            if len(spec) not in (3, 4) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in spec[1:3]):
+                raise ConfigError(f"{where}: expected ({kind!r}, low, high, log), got {spec!r}")
+            low, high, log_ = spec[1], spec[2], bool(spec[3]) if len(spec) == 4 else False
+            if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+                raise ConfigError(f"{where}: int bounds must be integers, got {low!r}, {high!r}")
+            if low > high:
+                raise ConfigError(f"{where}: low {low!r} is above high {high!r}")
+            if log_ and low <= 0:
+                raise ConfigError(f"{where}: a log scale needs low > 0, got {low!r}")
+            values = (int(low), int(high)) if kind == "int" else (float(low), float(high))
+            out[key] = (kind, *values, log_)
+        else:
+            raise ConfigError(f"{where}: kind must be int, float or choice, got {kind!r}")
+        for v in values:
+            try:
+                from_dict(cls, {key: v})
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
+    return out
 
 
 def _renamed(cls: type, data: dict[str, Any]) -> dict[str, Any]:

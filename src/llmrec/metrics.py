@@ -140,3 +140,62 @@ def _row_top_k(row: np.ndarray, k: int, bound: float = np.nan) -> np.ndarray:
         above = np.flatnonzero(row > kth)
     ids = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
     return ids[np.lexsort((ids, -row[ids]))]
+
+
+# -- beyond accuracy: what the top-k lists hold, whatever the targets ------------------------------------
+def _lists(topk: np.ndarray, k: int) -> list[np.ndarray]:
+    """Each row's first ``k`` ids, padding (ids < 0) left out."""
+    return [r[r >= 0] for r in np.asarray(topk, np.int64)[:, :k]]
+
+
+def intra_list_diversity(topk: np.ndarray, vectors: np.ndarray, k: int) -> float:
+    """Mean over lists of the mean pairwise cosine distance (1 - cosine) between a list's first ``k``
+    items; ``vectors`` [n_items, d] (normalised here). Lists of fewer than two items are left out."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    out = []
+    for r in _lists(topk, k):
+        n = len(r)
+        if n < 2:
+            continue
+        v = unit[r]
+        sims = v @ v.T
+        off = sims.sum() - np.trace(sims)  # the pairs i != j
+        out.append(float(1.0 - off / (n * (n - 1))))
+    return float(np.mean(out)) if out else 0.0
+
+
+def novelty(topk: np.ndarray, users_per_item: np.ndarray, n_users: int, k: int) -> float:
+    """Mean self-information -log2 p(i) of the recommended items (each of a list's first ``k``), with
+    p(i) the share of the ``n_users`` training users who interacted with i; an item no one did counts as
+    one user (the largest value, log2 n_users)."""
+    p = np.maximum(np.asarray(users_per_item, np.float64), 1.0) / max(n_users, 1)
+    vals = [-np.log2(p[r]) for r in _lists(topk, k)]
+    flat = np.concatenate(vals) if vals else np.zeros(0)
+    return float(flat.mean()) if len(flat) else 0.0
+
+
+def average_popularity(topk: np.ndarray, popularity: np.ndarray, k: int) -> float:
+    """ARP: mean over lists of the mean training popularity (interaction count) of a list's first ``k``."""
+    pop = np.asarray(popularity, np.float64)
+    rows = [pop[r].mean() for r in _lists(topk, k) if len(r)]
+    return float(np.mean(rows)) if rows else 0.0
+
+
+def short_head(popularity: np.ndarray, candidates: np.ndarray | None = None, share: float = 0.2) -> np.ndarray:
+    """bool [n_items]: the most popular ``share`` of the candidate items (ceil of it), by training
+    popularity, ties to the lower index."""
+    pop = np.asarray(popularity, np.float64)
+    cand = np.ones(len(pop), bool) if candidates is None else np.asarray(candidates, bool)
+    idx = np.flatnonzero(cand)
+    n = int(np.ceil(share * len(idx)))
+    order = idx[np.lexsort((idx, -pop[idx]))][:n]
+    head = np.zeros(len(pop), bool)
+    head[order] = True
+    return head
+
+
+def head_share(topk: np.ndarray, head: np.ndarray, k: int) -> float:
+    """Share of all recommended slots (a list's first ``k``) that hold a short-head item."""
+    vals = [np.asarray(head)[r] for r in _lists(topk, k)]
+    flat = np.concatenate(vals) if vals else np.zeros(0, bool)
+    return float(flat.mean()) if len(flat) else 0.0

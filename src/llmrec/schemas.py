@@ -82,6 +82,8 @@ class RecommendIn(_In):
     exclude: list[Id] | None = Field(None, max_length=MAX_HISTORY, description="item ids never to return")
     exclude_seen: bool = Field(True, strict=True)
     explain: bool = Field(False, strict=True)
+    diversity: float = Field(0.0, ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
+                             description="MMR re-ranking weight: 0 = off (the model's order), up to 1")
 
 
 class EventIn(_In):

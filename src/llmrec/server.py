@@ -378,7 +378,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
         if req.user_id is not None:
             check_user_data(request)
         query = dict(user_id=req.user_id, history=req.history, text=req.text, k=req.k, filters=req.filters,
-                     exclude=req.exclude, exclude_seen=req.exclude_seen, explain=req.explain)
+                     exclude=req.exclude, exclude_seen=req.exclude_seen, explain=req.explain,
+                     diversity=req.diversity)
         # Encoding a text (a language model) and explaining take milliseconds: the thread pool. Scoring a
         # user or a history takes a fraction of one: batched with the requests that arrived at the same time.
         if req.text is not None or req.explain:

@@ -40,6 +40,7 @@ import pandas as pd
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
 from .errors import ConfigError, LLMRecError, StoreUnavailable
 from .models import AddsItems, Recommender, TextQueries
+from .rerank import pool
 from .rwlock import ReadWriteLock
 from .store import Change, ChangeFeed, Event, StateStore, open_store
 from .validation import (
@@ -235,11 +236,14 @@ class Engine:
 
     def recommend(self, *, user_id: str | None = None, history: list | None = None,
                   text: str | None = None, k: int = 10, filters: dict | None = None,
-                  exclude: list | None = None, exclude_seen: bool = True, explain: bool = False) -> dict:
+                  exclude: list | None = None, exclude_seen: bool = True, explain: bool = False,
+                  diversity: float = 0.0) -> dict:
         """Top-k for a known user, a raw history (item ids) or a free text, as ``{"items": [...]}``
-        records (item_id, score, title, explanation) like ``llmrec recommend --json``."""
+        records (item_id, score, title, explanation) like ``llmrec recommend --json``; ``diversity``:
+        MMR's weight (0 = off, to 1), as ``Recommender.recommend`` takes it."""
         result = self.recommend_many([dict(user_id=user_id, history=history, text=text, k=k, filters=filters,
-                                           exclude=exclude, exclude_seen=exclude_seen, explain=explain)])[0]
+                                           exclude=exclude, exclude_seen=exclude_seen, explain=explain,
+                                           diversity=diversity)])[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -262,12 +266,15 @@ class Engine:
                     out[i] = prepared
                 else:
                     groups.setdefault(prepared.group, []).append((i, prepared))
-            for (exclude_seen, _, explain), members in groups.items():
+            for (exclude_seen, _, explain, diversity, _), members in groups.items():
                 qs = [p for _, p in members]
+                k = max(p.k for p in qs)
                 try:
-                    recs = model.recommend_indices([p.hist for p in qs], max(p.k for p in qs),
-                                                   exclude_seen=exclude_seen, candidates=qs[0].mask,
+                    recs = model.recommend_indices([p.hist for p in qs], pool(k, len(model.catalog)) if diversity
+                                                   else k, exclude_seen=exclude_seen, candidates=qs[0].mask,
                                                    explain=explain, exclude_rows=[p.excl for p in qs])
+                    if diversity:
+                        recs = model.diversify(recs, k, diversity)
                 except Exception as e:  # noqa: BLE001 - the error belongs to these queries' answers
                     for i, _ in members:
                         out[i] = e
@@ -277,7 +284,7 @@ class Engine:
         return out
 
     def _prepare(self, *, user_id=None, history=None, text=None, k=10, filters=None, exclude=None,
-                 exclude_seen=True, explain=False) -> _Query | dict:
+                 exclude_seen=True, explain=False, diversity=0.0) -> _Query | dict:
         """Validate one query; a text query is answered here (its own model call), others come back as a
         ``_Query`` to be scored with the rest of their group. Call with the model lock held (to read)."""
         given = [n for n, v in (("user_id", user_id), ("history", history), ("text", text)) if v is not None]
@@ -286,6 +293,9 @@ class Engine:
                               + (f" (got {', '.join(given)})" if given else ""))
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise field_error("k", f"k must be an integer from 1 to {MAX_K}, got {k!r}")
+        diversity = number(diversity, "diversity", "a diversity weight")
+        if not 0.0 <= diversity <= 1.0:
+            raise field_error("diversity", f"diversity must be from 0 (off) to 1, got {diversity!r}")
         mask = self._filter_mask(filters) if filters else None
         excl = self._indices(exclude, "exclude") if exclude else EMPTY
         if text is not None:
@@ -294,7 +304,7 @@ class Engine:
             if len(text) > MAX_TEXT:
                 raise field_error("text", f"text is longer than {MAX_TEXT} characters")
             check_unicode(text, "text")
-            recs = self._recommend_text(text, k, excl, mask, explain)
+            recs = self._recommend_text(text, k, excl, mask, explain, diversity)
             return {"model": self.model.name, "items": recs.records(self.model.catalog)}
         head: dict = {}
         if user_id is not None:
@@ -308,14 +318,16 @@ class Engine:
                 raise field_error("history", f"history holds more than {MAX_HISTORY} items")
             hist = self._indices(history, "history")
         group = (bool(exclude_seen), json.dumps(filters, sort_keys=True, default=str) if filters else "",
-                 bool(explain))
+                 bool(explain), diversity, k if diversity else 0)  # MMR's pool depends on k
         return _Query(hist, excl, k, mask, head, group)
 
-    def _recommend_text(self, text, k, excl, mask, explain):
+    def _recommend_text(self, text, k, excl, mask, explain, diversity=0.0):
         m, cat = self.model, self.model.catalog
         exclude_ids = list(cat.ids.ids(excl)) if len(excl) else None
         if isinstance(m, TextQueries):
-            return m.recommend_text([text], k=k, exclude=exclude_ids, candidates=mask, explain=explain)
+            recs = m.recommend_text([text], k=pool(k, len(cat)) if diversity else k, exclude=exclude_ids,
+                                    candidates=mask, explain=explain)
+            return m.diversify(recs, k, diversity) if diversity else recs
         raise Unsupported(f"field 'text': model {m.name!r} cannot recommend for free text; serve a "
                           "text model (e.g. the zero-shot model) or send user_id or history", "text")
 

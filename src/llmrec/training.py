@@ -135,7 +135,8 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
              fingerprint: dict | None = None, progress: bool = True, desc: str = "train",
              grad_clip: float = 0.0, max_seconds: float = 0.0,
              lr_scale: Callable[[int], float] | None = None,
-             batches_per_epoch: int | None = None) -> LoopResult:
+             batches_per_epoch: int | None = None,
+             on_validation: Callable[[int, float], None] | None = None) -> LoopResult:
     """Train ``module`` for up to ``epochs`` epochs and leave it holding its best weights.
 
     batches(epoch): the epoch's batches (shuffle with a seed derived from the epoch, so a resumed run sees
@@ -150,6 +151,9 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
     batches_per_epoch: the length of the per-batch progress bar (None: no total).
     lr_scale(epoch): a factor on each parameter group's initial learning rate for that (0-based) epoch,
     e.g. ``lr_schedule(...)``; a function of the epoch alone, so a resumed run continues the schedule.
+    on_validation(epoch, score): called after each validation (1-based epoch) once the epoch's state is
+    saved; it may raise to abandon training (a hyper-parameter search pruning a poor trial), and the
+    exception propagates to the caller.
     In a data-parallel worker (llmrec.distributed) every rank runs this loop on its own share of each
     batch: the time budget is rank 0's clock, ``validate`` must give every rank the same score (e.g.
     ``distributed.on_main``), and only rank 0 writes the training state.
@@ -256,6 +260,8 @@ def fit_loop(module: torch.nn.Module, optimizer: torch.optim.Optimizer,
                         "result": {k: v for k, v in res.__dict__.items() if k != "resumed_from"}}, tmp)
             tmp.replace(ck)
             write_history(res, ck.parent)
+        if on_validation is not None and "valid_ndcg10" in row:
+            on_validation(epoch + 1, row["valid_ndcg10"])
         if stop:
             break
     bar.close()

@@ -66,6 +66,9 @@ class Recommender(ABC):
     fresh_scores: ClassVar[bool] = False
     # training state is written to fit's checkpoint_dir after each epoch, and a run started there resumes
     supports_resume: ClassVar[bool] = False
+    # fit validates after epochs and calls ``on_validation(epoch, valid NDCG@10)`` after each (a search
+    # prunes poor trials from it); False: fit reports nothing while it trains
+    reports_validation: ClassVar[bool] = False
 
     def __init__(self, config: Any = None, **overrides: Any):
         if config is None or isinstance(config, dict):
@@ -80,6 +83,10 @@ class Recommender(ABC):
         # loaded from (saving elsewhere carries the state along); None = none
         self.checkpoint_dir: Path | None = None
         self.card: dict = {}
+        # called with (epoch, validation NDCG@10) after each validation by a model that
+        # ``reports_validation``; it may raise to stop the fit (training.fit_loop's on_validation)
+        self.on_validation = None
+        self._text_vectors: tuple[Catalog, np.ndarray, str] | None = None
 
     # -- training -------------------------------------------------------------------------------
     def fit(self, data: Dataset, split: Split | None = None, progress: bool = True,
@@ -149,18 +156,59 @@ class Recommender(ABC):
         """What a benchmark result adds for this model (e.g. the training history)."""
         return {}
 
+    def diversity_vectors(self) -> tuple[np.ndarray, str]:
+        """The item vectors diversity is measured in (MMR's re-ranking, intra-list diversity): float32
+        [n_items, d], rows not necessarily unit (cosine is taken), and what they are. Models with their own
+        item vectors override this (sasrec, textseq: the item table; zero-shot: its text vectors); the
+        default is the catalogue's text (``text.item_texts``) encoded by the encoder ``encoders.auto``
+        picks for it, cached on disk, and re-encoded when the catalogue changes."""
+        self._check_fitted()
+        if self._text_vectors is None or self._text_vectors[0] is not self.catalog:
+            from .. import encoders
+            from ..text import item_texts
+            texts = item_texts(self.catalog)
+            name = encoders.auto(len(texts), self.catalog.titles())  # as zero-shot picks
+            vecs = encoders.cached(name).encode(texts, progress=False)
+            self._text_vectors = (self.catalog, vecs, f"{name} vectors of the item text")
+        return self._text_vectors[1], self._text_vectors[2]
+
+    def diversify(self, recs: Recommendations, k: int, diversity: float) -> Recommendations:
+        """Each row of ``recs`` (a longer candidate list, best first) re-ranked by MMR (``rerank.mmr``)
+        over ``diversity_vectors`` and cut to ``k``; the scores are still the model's own, explanations
+        follow their items. ``diversity=0`` keeps the order."""
+        from ..rerank import mmr
+        from ..vectors import l2_normalize
+        vecs, _ = self.diversity_vectors()
+        b = len(recs.item_ids)
+        ids = np.full((b, k), None, dtype=object)
+        scores = np.full((b, k), -np.inf, np.float32)
+        expl = None if recs.explanations is None else [[{} for _ in range(k)] for _ in range(b)]
+        for r in range(b):
+            keep = [j for j, iid in enumerate(recs.item_ids[r]) if iid is not None]
+            idx = self.catalog.ids.indices([recs.item_ids[r][j] for j in keep])
+            order = [keep[j] for j in mmr(recs.scores[r][keep], l2_normalize(vecs[idx]), k, diversity)]
+            ids[r, :len(order)] = recs.item_ids[r][order]
+            scores[r, :len(order)] = recs.scores[r][order]
+            if expl is not None:
+                expl[r][:len(order)] = [recs.explanations[r][j] for j in order]
+        return Recommendations(ids, scores, expl)
+
     def history_of(self, user: object) -> np.ndarray:
         self._check_fitted()
         return self._histories[self.users.index(user)]
 
     def recommend(self, users: list | None = None, histories: list[list] | None = None, k: int = 10,
                   exclude_seen: bool = True, exclude: list | None = None,
-                  candidates: np.ndarray | None = None, explain: bool = False) -> Recommendations:
+                  candidates: np.ndarray | None = None, explain: bool = False,
+                  diversity: float = 0.0) -> Recommendations:
         """Top-k for known ``users`` (external ids) or raw ``histories`` (lists of external item ids).
 
         exclude: external item ids never to return; candidates: optional bool mask [n_items] of items
-        allowed (e.g. a genre filter).
+        allowed (e.g. a genre filter). diversity: 0 (off) to 1, MMR's weight on being unlike the items
+        listed before (``diversify`` over the model's top ``rerank.pool(k)``).
         """
+        from ..rerank import check_diversity, pool
+        diversity = check_diversity(diversity)
         self._check_fitted()
         if (users is None) == (histories is None):
             raise LLMRecError("pass exactly one of users= or histories=")
@@ -170,7 +218,10 @@ class Recommender(ABC):
             hist = [self.history_of(u) for u in users]
         else:
             hist = [self.catalog.ids.indices(h) for h in histories]
-        return self.recommend_indices(hist, k, exclude_seen, exclude, candidates, explain)
+        if diversity == 0.0:
+            return self.recommend_indices(hist, k, exclude_seen, exclude, candidates, explain)
+        recs = self.recommend_indices(hist, pool(k, len(self.catalog)), exclude_seen, exclude, candidates, explain)
+        return self.diversify(recs, k, diversity)
 
     def recommend_indices(self, hist: list[np.ndarray], k: int, exclude_seen: bool = True,
                           exclude: list | None = None, candidates: np.ndarray | None = None,

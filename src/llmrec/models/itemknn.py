@@ -32,6 +32,8 @@ class ItemKNNConfig(Checked):
     shrinkage: float = option(0.0, ge=0.0)
     threads: int = option(0, ge=0)  # threads computing the similarities (0: every core)
 
+    SEARCH_SPACE = {"neighbors": ("int", 5, 400, True), "shrinkage": ("float", 0.0, 50.0, False)}
+
 
 class ItemKNN(Recommender):
     name = "itemknn"

@@ -73,6 +73,9 @@ class SASRecConfig(Checked):
     RULES = (("heads", lambda c: c.embedding_size % c.heads == 0,
               "embedding_size {embedding_size} must be divisible by heads {heads}"),)
     RENAMED = {"max_length": "max_history", "num_blocks": "layers", "num_heads": "heads"}
+    SEARCH_SPACE = {"embedding_size": ("choice", [32, 64, 128]), "layers": ("int", 1, 3, False),
+                    "dropout": ("float", 0.0, 0.5, False), "learning_rate": ("float", 3e-4, 3e-3, True),
+                    "weight_decay": ("choice", [0.0, 1e-5, 1e-4]), "batch_size": ("choice", [32, 64, 128])}
 
 
 # loss=auto: full softmax up to this many items, sampled above. At ml-1m's 3.7k items the full softmax is
@@ -258,6 +261,7 @@ class SequentialRecommender(Recommender):
     """A causal transformer over item histories, trained with full softmax CE (subclasses give items)."""
 
     supports_resume = True
+    reports_validation = True
     loss: str = "full"          # the loss training used: full or sampled (resolve_loss)
 
     # -- what subclasses change ----------------------------------------------------------------
@@ -377,7 +381,8 @@ class SequentialRecommender(Recommender):
             eval_every=c.eval_every, checkpoint_dir=self.checkpoint_dir,
             fingerprint=self._fingerprint(data), progress=progress, desc=f"{self.name} {data.name}",
             max_seconds=60.0 * c.max_minutes, batches_per_epoch=-(-len(seqs) // c.batch_size),
-            lr_scale=training.lr_schedule(c.lr_schedule, c.epochs, c.warmup_epochs))
+            lr_scale=training.lr_schedule(c.lr_schedule, c.epochs, c.warmup_epochs),
+            on_validation=self.on_validation)
         if self.checkpoint_dir is not None and distributed.rank() == 0:
             training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
 
@@ -397,6 +402,9 @@ class SequentialRecommender(Recommender):
         table = self.net.items().detach()
         self.net.train(was)
         return table
+
+    def diversity_vectors(self) -> tuple[np.ndarray, str]:
+        return self.item_vectors().float().cpu().numpy(), f"{self.name}'s item table (the item vectors it scores with)"
 
     @torch.no_grad()
     def user_vectors(self, histories: list[np.ndarray], table: torch.Tensor | None = None) -> torch.Tensor:

@@ -92,6 +92,8 @@ class SemanticIdsConfig(Checked):
               "embedding_size {embedding_size} must be divisible by heads {heads}"),)
     # valid_users=0 meant "no validation"; N > 0 a sample of N validation users
     RENAMED = {"valid_users": lambda v: {"eval_users": v} if v else {"validate": False}}
+    SEARCH_SPACE = {"learning_rate": ("float", 5e-4, 5e-3, True), "dropout": ("float", 0.0, 0.4, False),
+                    "weight_decay": ("choice", [0.0, 0.01, 0.1])}
 
 
 # -- codes ------------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ class SemanticIds(Recommender):
     name = "semantic-ids"
     Config = SemanticIdsConfig
     supports_resume = True
+    reports_validation = True  # when validate=True
     # config keys a resumed run may change: they do not change what a finished epoch computed
     RESUMABLE_CHANGES = ("epochs", "patience", "max_minutes", "threads", "device")
 
@@ -317,7 +320,8 @@ class SemanticIds(Recommender):
             fingerprint=training.fingerprint(self, data, free), progress=progress,
             desc=f"{self.name} {data.name}", max_seconds=60.0 * cfg.max_minutes,
             batches_per_epoch=-(-len(chunks) // cfg.batch_size),
-            lr_scale=training.lr_schedule(cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs))
+            lr_scale=training.lr_schedule(cfg.lr_schedule, cfg.epochs, cfg.warmup_epochs),
+            on_validation=self.on_validation)
         if self.checkpoint_dir is not None:
             training.write_history(self.result, self.checkpoint_dir, f"{self.name} on {data.name}")
         self._latency, self._returned, self._invalid = [], 0, 0

@@ -61,6 +61,8 @@ class ZeroShotConfig(Checked):
     tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
     vectors: str = ""  # a folder of item vectors written by `llmrec batch encode`: fitting reads, not encodes
 
+    SEARCH_SPACE = {"recency": ("float", 0.2, 1.0, False), "max_history": ("int", 5, 200, True)}
+
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
 they them this that these those is am are was were be been have has had do does did lately recently really
@@ -283,6 +285,10 @@ class ZeroShot(Recommender):
                 self.index.add(self.item_vectors[new])  # entries old_n, old_n + 1, ... in item order
             self._stale = np.union1d(self._stale, idx[idx < old_n])
         return idx
+
+    def diversity_vectors(self) -> tuple[np.ndarray, str]:
+        self._check_fitted()
+        return self.item_vectors, f"zero-shot's item vectors ({self.encoder_name} text vectors)"
 
     # -- users as vectors -----------------------------------------------------------------------------
     def _pool(self, h: np.ndarray) -> np.ndarray:
