@@ -107,3 +107,68 @@ def test_ray_engine_without_ray_names_the_extra(tiny, tiny_split, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     with pytest.raises(LLMRecError, match=r"needs the 'ray' extra: pip install 'llmrec\[ray\]'"):
         models.get("sasrec", {**CFG, "workers": 2, "engine": "ray"}).fit(tiny, tiny_split, progress=False)
+
+
+def test_ray_engine_joins_the_cluster_that_RAY_ADDRESS_names(tiny, tiny_split, monkeypatch):
+    """Ray's own RAY_ADDRESS (what `ray job submit` sets) is where engine=ray trains: here nothing listens
+    there, so the fit is refused within seconds instead of starting a Ray of its own."""
+    pytest.importorskip("ray.train")
+    import time
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    t0 = time.perf_counter()
+    with pytest.raises(LLMRecError, match="cannot reach a Ray cluster at 127.0.0.1:9"):
+        models.get("sasrec", {**CFG, "workers": 2, "engine": "ray"}).fit(tiny, tiny_split, progress=False)
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.slow
+def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, monkeypatch, tmp_path):
+    """A Ray head started apart from the test (`ray start --head`), joined through RAY_ADDRESS, with the
+    run's storage in LLMREC_RAY_STORAGE: the same training as one process, and the run's files there."""
+    pytest.importorskip("ray.train")
+    import os
+    import shutil
+    import socket
+    import subprocess
+    from pathlib import Path
+    import signal
+    import tempfile
+    import time
+    ray_bin = Path(sys.executable).with_name("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # without token authentication: this process's Ray read RAY_AUTH_MODE once, when first imported (a
+    # cluster with tokens is joined with RAY_AUTH_MODE=token set before the command starts)
+    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    src = str(Path(models.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    # --block keeps the head's processes in one process group, stopped together below (`ray stop` would
+    # stop every Ray on the machine)
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard", "false", "--temp-dir", temp, "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        t0 = time.monotonic()
+        while not list(Path(temp).glob("session_*/sockets/raylet")):
+            assert head.poll() is None and time.monotonic() - t0 < 120, "the Ray head did not start"
+            time.sleep(0.5)
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        monkeypatch.setenv("LLMREC_RAY_STORAGE", str(tmp_path / "storage"))
+        cfg = {**CFG, "epochs": 2}
+        two = models.get("sasrec", {**cfg, "workers": 2, "engine": "ray"}).fit(tiny, tiny_split, progress=False)
+        import ray
+        assert not ray.is_initialized()  # joined and left; the cluster goes on
+        assert head.poll() is None
+        plain = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False)
+        _same_training(plain, two)
+        assert any(p.name.startswith("fit-") for p in (tmp_path / "storage").iterdir())
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -237,10 +237,13 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     """Ray, started or joined: an already initialised Ray is used as it is; ``None`` starts a local Ray on
     ``num_cpus`` (default: this machine's cores); ``auto`` joins the cluster running here, ``HOST:PORT``
     or ``ray://HOST:PORT`` a remote one (refused within seconds when unreachable). Returns (ray, whether
-    this call started it, so that the caller shuts it down)."""
+    this call started it, so that the caller shuts it down). With no ``address``, Ray's own ``RAY_ADDRESS``
+    is honoured (``ray job submit`` sets it), so a stage started on a cluster joins that cluster."""
     ray = _import_ray()
     if ray.is_initialized():
         return ray, False
+    if address in (None, ""):
+        address = os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address in (None, "", "local"):
         kwargs["num_cpus"] = num_cpus or usable_cores()

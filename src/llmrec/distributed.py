@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,12 @@ def _run_ray(fn: Callable[..., Any], workers: int, args: tuple) -> Any:
 
     try:
         with tempfile.TemporaryDirectory(prefix="llmrec-ray-train-") as tmp:
+            # rank 0 hands its result back through Ray Train's storage: a local folder on one machine; on a
+            # cluster of several nodes a shared one (NFS, s3://...), named by LLMREC_RAY_STORAGE
+            storage = os.environ.get("LLMREC_RAY_STORAGE") or tmp
             trainer = TorchTrainer(loop, torch_config=TorchConfig(backend="gloo"),
                                    scaling_config=ScalingConfig(num_workers=workers, use_gpu=False),
-                                   run_config=RunConfig(storage_path=tmp, name="fit"))
+                                   run_config=RunConfig(storage_path=storage, name=f"fit-{uuid.uuid4().hex[:12]}"))
             try:
                 result = trainer.fit()
             except WorkerGroupError as e:
