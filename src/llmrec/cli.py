@@ -256,7 +256,45 @@ def cmd_recommend_text(args) -> int:
     return 0
 
 
+def cmd_recommend_community(args) -> int:
+    """A user with no history, from the people they are related to (and their text profile, if given)."""
+    from . import community
+    from .io import parse_column_map
+    if not args.user:
+        raise LLMRecError("--relations needs --user ID (the user to recommend for)")
+    if not (args.model_dir or args.dataset or args.interactions):
+        raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    model, _ = obtain(args, text=args.text is not None)
+    known = {u for u in model.users.ids() if len(model.history_of(u))}
+    if args.user in known:
+        raise LLMRecError(f"user {args.user!r} has a history: recommend for them without --relations")
+    rel = community.Relations.read(args.relations, known, parse_column_map(args.relation_columns,
+                                                                           community.RELATION_COLUMNS),
+                                   unknown_users=args.unknown_relations)
+    related = rel.of(args.user)
+    if not related and args.text is None:
+        raise LLMRecError(f"user {args.user!r} has no history and no relations in {args.relations}; "
+                          "add relations or a --text profile")
+    recs = community.recommend(model, [related], k=args.k, texts=[args.text] if args.text else None,
+                               text_weight=args.text_weight, explain=args.explain)
+    items = recs.records(model.catalog)
+    if args.json:
+        _print_json({"user_id": args.user, "related_users": len(related), "relations_dropped": rel.dropped,
+                     "text": args.text, "model": model.name, "items": items})
+    else:
+        print(f"user {args.user}: no history; {len(related)} related users"
+              + (f" + profile {args.text!r}" if args.text else "") + f"; model {model.name}"
+              + (f" ({rel.dropped} relation rows naming unknown users left out)" if rel.dropped else ""))
+        for rank, it in enumerate(items, 1):
+            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+            if args.explain and it["explanation"].get("related_users"):
+                print("      held by: " + ", ".join(it["explanation"]["related_users"]))
+    return 0
+
+
 def cmd_recommend(args) -> int:
+    if args.relations:
+        return cmd_recommend_community(args)
     if args.text is not None:
         return cmd_recommend_text(args)
     if not args.user:
@@ -460,6 +498,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
     s.add_argument("--user", help="external user id")
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
+    s.add_argument("--relations", metavar="FILE",
+                   help="user-user relations (user_id, related_id[, weight]): --user has no history and is "
+                        "recommended from the people they are related to")
+    s.add_argument("--relation-columns", metavar="MAP", help="column mapping for the relation file")
+    s.add_argument("--unknown-relations", choices=["error", "drop"], default="error",
+                   help="a relation to a user with no history: stop (default) or leave the row out")
+    s.add_argument("--text-weight", type=float, default=0.5,
+                   help="with --relations and --text: the profile's share of the mix (default 0.5)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
 

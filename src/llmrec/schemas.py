@@ -26,6 +26,7 @@ from .validation import (
     MAX_HISTORY,
     MAX_ID,
     MAX_K,
+    MAX_RELATIONS,
     MAX_TEXT,
     check_id,
 )
@@ -116,6 +117,17 @@ EVENTS_DOC = (f"an event, a list of up to {MAX_BATCH} events, or {{\"events\": [
 EVENT_EXAMPLE = {"user_id": "196", "item_id": "242", "type": "like", "event_id": "196-242-1"}
 
 
+class RelationIn(_In):
+    """One person a user is related to, with a weight (default 1)."""
+
+    user_id: Id
+    weight: Number | None = Field(None, gt=0, description="how much their history counts (> 0)")
+
+
+RelationsBody = Annotated[list[Id | RelationIn], Field(max_length=MAX_RELATIONS)]
+RELATIONS_DOC = (f"up to {MAX_RELATIONS} related user ids, or {{user_id, weight}} objects; [] removes them")
+
+
 class ItemIn(_In):
     title: _text(MAX_FIELD) | None = None
     description: _text(MAX_FIELD) | None = None
@@ -134,4 +146,5 @@ class ItemOut(BaseModel):
 class RecommendOut(BaseModel):
     user_id: str | None = None
     model: str
+    from_relations: int | None = Field(None, description="a user with no history: the related users used")
     items: list[ItemOut]

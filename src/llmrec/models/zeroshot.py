@@ -246,6 +246,11 @@ class ZeroShot(Recommender):
         return self._rank(self.user_vectors(hist), hist, k, exclude_seen, exclude, candidates, explain,
                           exclude_rows=exclude_rows)
 
+    def score_texts(self, texts: list[str]) -> np.ndarray:
+        """float32 [b, n_items]: every item's similarity to each free-text profile."""
+        self._check_fitted()
+        return self._scores(self._encode_query(encoders.check_texts(list(texts))))
+
     def recommend_text(self, texts: list[str], k: int = 10, histories: list[list] | None = None,
                        exclude_seen: bool = True, exclude: list | None = None,
                        candidates: np.ndarray | None = None, explain: bool = False) -> Recommendations:
