@@ -117,15 +117,10 @@ EVENTS_DOC = (f"an event, a list of up to {MAX_BATCH} events, or {{\"events\": [
 EVENT_EXAMPLE = {"user_id": "196", "item_id": "242", "type": "like", "event_id": "196-242-1"}
 
 
-class RelationIn(_In):
-    """One person a user is related to, with a weight (default 1)."""
-
-    user_id: Id
-    weight: Number | None = Field(None, gt=0, description="how much their history counts (> 0)")
-
-
-RelationsBody = Annotated[list[Id | RelationIn], Field(max_length=MAX_RELATIONS)]
-RELATIONS_DOC = (f"up to {MAX_RELATIONS} related user ids, or {{user_id, weight}} objects; [] removes them")
+# checked item by item by the engine (``Engine.set_relations``), which names the field: relations[3].weight
+RelationsBody = Annotated[list[Any], Field(max_length=MAX_RELATIONS)]
+RELATIONS_DOC = (f"up to {MAX_RELATIONS} related user ids, or {{user_id, weight > 0}} objects (weight default "
+                 "1); [] removes them")
 
 
 class ItemIn(_In):

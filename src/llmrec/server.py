@@ -45,7 +45,6 @@ from .schemas import (
     PathId,
     RecommendIn,
     RecommendOut,
-    RelationIn,
     RelationsBody,
 )
 from .service import Engine
@@ -428,8 +427,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
                                                                           examples=[["196", "186"]])]) -> Response:
         """Replace whom the user is related to (follows, friends, household). Stored durably; while the
         user has no history, the next `/recommend` for them answers from these people's histories."""
-        related = [r.model_dump(exclude_none=True) if isinstance(r, RelationIn) else r for r in body]
-        return _json(engine.set_relations(user_id, related))
+        return _json(engine.set_relations(user_id, body))
 
     @app.delete("/users/{user_id:path}", dependencies=Write)
     def delete_user(user_id: PathId) -> Response:
