@@ -341,6 +341,34 @@ def cmd_tags(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    """An instruct LM writes a one-line description and keywords per item, written back to the catalogue."""
+    from . import describe, text
+    from .data import load_catalog
+    from .io import parse_column_map
+    if bool(args.items) == bool(args.dataset):
+        raise LLMRecError("pass --items FILE or --dataset NAME (the catalogue to describe)")
+    if args.items:
+        catalog = load_catalog(args.items, parse_column_map(args.item_columns))
+    else:
+        from . import datasets
+        catalog = datasets.load(args.dataset, quiet=args.json).catalog
+    if not str(args.out).lower().endswith((".csv", ".tsv", ".jsonl", ".json", ".parquet")):
+        raise LLMRecError(f"{args.out}: unknown catalogue format (use .csv, .tsv, .jsonl or .parquet)")
+    d = describe.Describer(args.lm, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           threads=args.threads)
+    t0 = time.perf_counter()
+    described, n = describe.describe_catalog(catalog, d, only_missing=not args.all, progress=not args.json)
+    text.write_catalog(described, args.out)
+    out = {"items": len(catalog), "described": n, "seconds": round(time.perf_counter() - t0, 1),
+           "cache": str(d.cache_path), "out": str(args.out)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"described {n:,} of {len(catalog):,} items in {out['seconds']} s -> {args.out}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """The main job: fetch ml-100k, fit itemknn, evaluate it, recommend for one user; then a new user who
     describes their taste in one sentence gets films from the zero-shot language-model recommender."""
@@ -545,6 +573,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="re-tag items that already have tags")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tags)
+
+    s = sub.add_parser("describe", help="an instruct LM writes a description and keywords for each item")
+    s.add_argument("--items", metavar="FILE", help="item catalogue (CSV, TSV, JSONL, Parquet)")
+    s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    s.add_argument("--dataset", help="a named data set's catalogue instead of --items")
+    s.add_argument("--out", required=True, metavar="FILE", help="catalogue with description and tags "
+                                                                "(.csv/.tsv/.jsonl/.parquet)")
+    s.add_argument("--lm", default="smollm2-135m", metavar="NAME",
+                   help="causal instruct LM: smollm2-135m (packaged) or a local folder / Hugging Face name")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="description length cap in tokens (default 32)")
+    s.add_argument("--batch-size", type=int, default=32, help="items generated together (default 32)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--all", action="store_true", help="describe items that already have a description")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser("demo", help="ml-100k: itemknn evaluated and recommending; zero-shot for a new user")
     s.add_argument("--user", default="196")
