@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -29,13 +30,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .. import encoders
+from .. import encoders, images
 from .. import index as vindex
 from ..config import Checked, option
 from ..data import Catalog, IdMap
 from ..errors import LLMRecError
 from ..metrics import top_k_excluding
-from ..text import DEFAULT_TEMPLATE, item_tags, item_texts
+from ..text import DEFAULT_TEMPLATE, _value, item_tags, item_texts, render
 from ..vectors import is_unit, l2_normalize
 from .base import Recommendations, Recommender
 
@@ -55,6 +56,8 @@ class ZeroShotConfig(Checked):
     batch_size: int = option(64, ge=1)
     recall: float = option(0.95, gt=0.0, le=1.0)  # an approximate index tuned at fit to this recall@10
     tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
+    image_column: str = "image"  # item image paths, read when the encoder encodes images (clip:FOLDER)
+    image_weight: float = option(0.5, ge=0.0, le=1.0)  # the image's share of an item with text and image
 
 
 _STOP = set("""a an the and or of to in on for with about at by from into i me my we our you your he she it
@@ -143,18 +146,58 @@ class ZeroShot(Recommender):
         self._encode_catalog(progress)
         return self
 
+    def _texts(self, catalog: Catalog) -> list[str]:
+        """The items' texts; with pictures (``_image_paths``) an item without text is no cause for warning
+        unless it has no picture either."""
+        if self._image_paths(catalog) is None:
+            return item_texts(catalog, self.config.template)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return item_texts(catalog, self.config.template)
+
     def _encode_catalog(self, progress: bool) -> None:
-        texts = item_texts(self.catalog, self.config.template)
+        texts = self._texts(self.catalog)
         enc = self.encoder
         hits0 = getattr(enc, "hits", 0)
         t0 = time.perf_counter()
         vecs = enc.encode(texts, normalize=self.config.metric == "cosine",
                           batch_size=self.config.batch_size, progress=None if progress else False)
         del texts
+        vecs = self._with_images(self.catalog, vecs)
         self.encode_seconds = time.perf_counter() - t0
         self.cache_hits = getattr(enc, "hits", 0) - hits0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
+
+    def _with_images(self, catalog: Catalog, vecs: np.ndarray) -> np.ndarray:
+        """Text vectors fused with the items' image vectors (``images.fuse``) when the encoder reads images
+        and the catalogue has the image column; otherwise ``vecs`` unchanged. An item with an image and no
+        text gets its image's vector."""
+        paths = self._image_paths(catalog)
+        if paths is None:
+            return vecs
+        has_image = np.array([bool(p) for p in paths])
+        has_text = np.array([bool(render(r, self.config.template)) for r in catalog.frame.to_dict("records")])
+        if (~has_image & ~has_text).any():
+            warnings.warn(f"{int((~has_image & ~has_text).sum())} item(s) have neither text nor a picture; "
+                          "their id stands in for the text", UserWarning, stacklevel=3)
+        if not has_image.any():
+            return vecs
+        img = np.zeros_like(vecs)
+        rows = np.flatnonzero(has_image)
+        img[rows] = self._image_encoder().encode_images([paths[i] for i in rows], batch_size=self.config.batch_size)
+        return images.fuse(vecs, img, has_text, has_image, self.config.image_weight)
+
+    def _image_encoder(self):
+        return self.encoder.inner if isinstance(self.encoder, encoders.CachedEncoder) else self.encoder
+
+    def _image_paths(self, catalog: Catalog) -> list[str] | None:
+        """Each item's image path ("" for none) when the encoder reads images and the catalogue has the
+        image column; otherwise None (text only)."""
+        col = self.config.image_column
+        if not col or col not in catalog.frame.columns or not isinstance(self._image_encoder(), images.EncodesImages):
+            return None
+        return [_value(v) for v in catalog.frame[col].tolist()]
 
     def reindex(self, index: str) -> dict:
         """Rebuild the item index as ``index`` (exact | hnsw | ivf) over the vectors the model has, with
@@ -186,10 +229,10 @@ class ZeroShot(Recommender):
         self._check_fitted()
         rows = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
         catalog, idx = self.catalog.upsert(rows)
-        texts = item_texts(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()),
-                           self.config.template)
+        texts = self._texts(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()))
         vecs = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
                                    batch_size=self.config.batch_size, progress=False)
+        vecs = self._with_images(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()), vecs)
         old_n = len(self.raw_vectors)
         raw = np.concatenate([self.raw_vectors, np.zeros((len(catalog) - old_n, self.raw_vectors.shape[1]),
                                                          np.float32)])
