@@ -47,7 +47,8 @@ def test_parse_answer_keeps_what_a_cut_off_answer_has():
     d = describe.parse_answer(' "A quiet drama about two sisters."\nKeywords: x', " Drama, Sisters, drama, , Family.")
     assert d.description == "A quiet drama about two sisters." and d.keywords == ["drama", "sisters", "family"]
     assert describe.parse_answer(" A film cut off in the mid", "").keywords == []
-    assert describe.parse_answer("", " a, b, c, d, e, f, g").keywords == ["a", "b", "c", "d", "e"]
+    assert describe.parse_answer("", " b, c, d, e, f, g, h").keywords == ["b", "c", "d", "e", "f"]
+    assert describe.parse_answer("x", " Ed Wood, 1994, the, comedy, 19").keywords == ["ed wood", "comedy"]
 
 
 def test_item_fields_leave_empty_ones_out():

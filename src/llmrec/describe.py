@@ -34,6 +34,7 @@ DESCRIPTION, KEYWORDS = "Description:", "\nKeywords:"
 KEYWORD_TOKENS = 12  # greedy decoding may repeat a keyword ("Crime, Crime, ..."): repeats are dropped
 FIELDS = ("title", "year", "author", "publisher", "genres")
 DEFAULT_MODEL = "smollm2-135m"
+_ARTICLES = {"a", "an", "the"}
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,12 @@ def item_fields(row: dict, fields: tuple[str, ...] = FIELDS) -> str:
 
 def parse_answer(description: str, keywords: str) -> Described:
     """The model's two continuations -> (description, keywords): each one's first line, a cut-off one kept
-    as far as it goes; keywords split on commas, distinct, lower case, at most five."""
+    as far as it goes; keywords split on commas, distinct, lower case, at most five, numbers (a year the
+    fields already hold, or one cut off) and lone articles left out."""
     desc = description.strip().split("\n")[0].strip().strip('"').strip()
     words = [w.strip().strip(".").strip().lower() for w in keywords.strip().split("\n")[0].split(",")]
-    return Described(desc, list(dict.fromkeys(w for w in words if w and len(w) <= 40))[:5])
+    keep = (w for w in words if w and len(w) <= 40 and not w.isdigit() and w not in _ARTICLES)
+    return Described(desc, list(dict.fromkeys(keep))[:5])
 
 
 class Describer:
