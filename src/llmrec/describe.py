@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .data import Catalog
 from .errors import LLMRecError
 from .text import _value
@@ -212,5 +210,4 @@ def items_per_second(describer: Describer, fields: list[str], batch_sizes: tuple
     return out
 
 
-__all__ = ["Described", "Describer", "describe_catalog", "item_fields", "items_per_second", "parse_answer",
-           "np"]
+__all__ = ["Described", "Describer", "describe_catalog", "item_fields", "items_per_second", "parse_answer"]
