@@ -198,16 +198,4 @@ def describe_catalog(catalog: Catalog, describer: Describer, only_missing: bool 
     return Catalog(frame=frame, ids=catalog.ids.copy()), len(todo)
 
 
-def items_per_second(describer: Describer, fields: list[str], batch_sizes: tuple[int, ...]) -> dict:
-    """Generation speed for each batch size over the same items (no cache): items/s and seconds."""
-    out = {}
-    for b in batch_sizes:
-        t0 = time.perf_counter()
-        for start in range(0, len(fields), b):
-            describer.describe_batch(fields[start:start + b])
-        s = time.perf_counter() - t0
-        out[str(b)] = {"seconds": round(s, 2), "items_per_second": round(len(fields) / s, 3)}
-    return out
-
-
-__all__ = ["Described", "Describer", "describe_catalog", "item_fields", "items_per_second", "parse_answer"]
+__all__ = ["Described", "Describer", "describe_catalog", "item_fields", "parse_answer"]
