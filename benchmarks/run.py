@@ -43,6 +43,22 @@ def sample_users(sp, n: int, seed: int):
     return np.sort(np.random.default_rng(seed).choice(sp.test_users, n, replace=False))
 
 
+def with_catalogue(ds, path: Path):
+    """``ds`` with its catalogue replaced by the file's, which must hold the same item ids (any order)."""
+    from dataclasses import replace
+
+    from llmrec.data import Catalog, load_catalog
+    from llmrec.errors import DataError
+    cat = load_catalog(path)
+    ids = list(ds.catalog.ids.ids())
+    if set(cat.ids.ids()) != set(ids):
+        raise DataError(f"the catalogue's item ids are not those of {ds.name}", path=str(path))
+    frame = cat.frame.set_index("item_id").loc[ids].reset_index()
+    out = replace(ds, catalog=Catalog(frame=frame, ids=ds.catalog.ids.copy()))
+    out.meta = {**ds.meta, "items_file": str(path)}
+    return out
+
+
 def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | None = None,
             command: str = "", sample: int = 0, sample_seed: int = 0,
             checkpoint_dir: Path | None = None, beyond: bool = False) -> dict:
@@ -67,6 +83,8 @@ def run_one(ds, sp, model_name: str, overrides: dict, ks=(10, 20), tag: str | No
         "command": command, "date": dt.date.today().isoformat(), "llmrec_version": __version__,
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
     }
+    if "items_file" in ds.meta:
+        out["items_file"] = ds.meta["items_file"]
     if users is not None:
         out["users_sample"] = {"size": int(len(users)), "seed": sample_seed,
                                "of_test_users": int(len(sp.test_users)),
@@ -93,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--beyond", action="store_true",
                    help="add intra-list diversity, novelty, ARP and short-head share (evaluate's beyond=True)")
+    p.add_argument("--items", type=Path, default=None, metavar="FILE",
+                   help="a catalogue that replaces the data set's, same item ids (e.g. from llmrec describe)")
     args = p.parse_args(argv)
     per_model: dict[str, dict] = {}
     for key, value in parse_overrides(args.overrides).items():
@@ -109,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.dataset:
         ds = datasets.load(name)
+        if args.items is not None:
+            ds = with_catalogue(ds, args.items)
         sp = split.leave_one_out(ds)
         for m in args.model:
             over = dict(per_model.get(m, {}))

@@ -74,7 +74,7 @@ def _bigrams(s: str) -> set[str]:
 
 
 class TextKNN(ItemKNN):
-    """itemknn plus the optional text protocol (``recommend_text``, ``add_items``) by character bigram
+    """itemknn plus the optional text protocol (``recommend_text``, ``score_texts``, ``add_items``) by character bigram
     overlap with the item's title and genres: enough to test the service's plumbing for text models."""
 
     name = "textknn-test"
@@ -96,13 +96,16 @@ class TextKNN(ItemKNN):
         finally:
             self._local.query = None
 
+    def score_texts(self, texts):
+        f = self.catalog.frame
+        text = (f["title"].fillna("").astype(str) + " " + f.get("genres", "").fillna("").astype(str))
+        items = [_bigrams(t) for t in text]
+        return np.array([[len(_bigrams(q) & t) for t in items] for q in texts], dtype=np.float32)
+
     def score_histories(self, histories):
         if self._query is None:
             return super().score_histories(histories)
-        q = _bigrams(self._query)
-        f = self.catalog.frame
-        text = (f["title"].fillna("").astype(str) + " " + f.get("genres", "").fillna("").astype(str))
-        s = np.array([len(q & _bigrams(t)) for t in text], dtype=np.float32)
+        s = self.score_texts([self._query])[0]
         return np.broadcast_to(s, (len(histories), len(s))).copy()
 
     def explain_items(self, history, items):

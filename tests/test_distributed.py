@@ -128,12 +128,12 @@ def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, monkeypatch, t
     pytest.importorskip("ray.train")
     import os
     import shutil
+    import signal
     import socket
     import subprocess
-    from pathlib import Path
-    import signal
     import tempfile
     import time
+    from pathlib import Path
     ray_bin = Path(sys.executable).with_name("ray")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -233,6 +233,81 @@ def test_delete_user_forgets_everything(ds, tmp_path):
     assert db.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (secret,)).fetchone()[0] == 0
 
 
+def test_relations_recommend_a_new_user_at_once_and_survive_a_restart(ds, tmp_path):
+    from llmrec import community
+    e = make_engine(ds, tmp_path / "s")
+    c = TestClient(create_app(e, api_key=KEY), headers=AUTH)
+    assert c.post("/recommend", json={"user_id": "newbie"}).status_code == 404  # no history, no relations
+    r = c.put("/users/newbie/relations", json=["u0", {"user_id": "u3", "weight": 2}])
+    assert r.status_code == 200 and r.json() == {"user_id": "newbie", "relations": 2}
+    out = c.post("/recommend", json={"user_id": "newbie", "k": 5, "explain": True}).json()
+    assert out["user_id"] == "newbie" and out["from_relations"] == 2
+    hist = {u: e._user_history(u) for u in ("u0", "u3")}
+    want = community.recommend(e.model, [{"u0": 1.0, "u3": 2.0}], k=5, histories=hist)
+    assert [x["item_id"] for x in out["items"]] == list(want.item_ids[0])
+    assert all(x["explanation"]["reason"] for x in out["items"])
+    assert c.get("/users/newbie/relations").json()["relations"] == [{"user_id": "u0", "weight": 1.0},
+                                                                     {"user_id": "u3", "weight": 2.0}]
+    assert e.health()["users_with_relations"] == 1
+    # a dislike is honoured; the first positive event makes it an ordinary user with a history
+    c.post("/events", json={"user_id": "newbie", "item_id": out["items"][0]["item_id"], "type": "dislike"})
+    again = c.post("/recommend", json={"user_id": "newbie", "k": 5}).json()
+    assert out["items"][0]["item_id"] not in [x["item_id"] for x in again["items"]] and again["from_relations"]
+    e.store.close()
+    e2 = make_engine(ds, tmp_path / "s")
+    assert e2.relations("newbie")["relations"][1] == {"user_id": "u3", "weight": 2.0}
+    assert e2.recommend(user_id="newbie", k=5)["items"] == again["items"]
+    e2.add_events([{"user_id": "newbie", "item_id": "c1", "type": "like"}])
+    assert "from_relations" not in e2.recommend(user_id="newbie", k=5)
+    assert e2.set_relations("newbie", []) == {"user_id": "newbie", "relations": 0}
+    assert e2.relations("newbie")["relations"] == []
+    e2.store.close()
+
+
+def test_bad_relations_are_refused_naming_the_field(client):
+    cases = [(["u0", "ghost"], 404, "relations[1]"), (["newbie"], 422, "relations[0]"),
+             ([{"user_id": "u0", "weight": 0}], 422, "relations[0].weight"),
+             (["u1", {"user_id": "u0", "weight": "heavy"}], 422, "relations[1].weight"),
+             ([{"user_id": "u0", "colour": "red"}], 422, "relations[0].colour"),
+             ([{"weight": 1}], 422, "relations[0].user_id"), ([["u0"]], 422, "relations[0]"),
+             ({"relations": ["u0"]}, 422, "body"), (["u0"] * 1001, 422, "body")]
+    for body, status, field in cases:
+        r = client.put("/users/newbie/relations", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert r.json()["field"] == field, (body, r.json())
+    assert client.get("/users/newbie/relations").status_code == 404  # nothing was stored
+    assert TestClient(create_app(client.app.state.engine, api_key=KEY)).put(
+        "/users/newbie/relations", json=["u0"]).status_code == 401
+
+
+def test_delete_user_forgets_their_relations_both_ways(ds, tmp_path):
+    e = make_engine(ds, tmp_path / "s")
+    c = TestClient(create_app(e, api_key=KEY), headers=AUTH)
+    secret = "bob-secret-9120"
+    c.post("/events", json={"user_id": secret, "item_id": "s1", "type": "like"})
+    assert c.put("/users/newbie/relations", json=[secret, "u1"]).status_code == 200
+    assert c.put("/users/lonely-secret-5531/relations", json=[secret]).status_code == 200
+    assert c.put(f"/users/{secret}/relations", json=["u2"]).status_code == 200
+    assert c.delete(f"/users/{secret}").status_code == 200
+    assert c.get(f"/users/{secret}/relations").status_code == 404
+    assert c.get("/users/newbie/relations").json()["relations"] == [{"user_id": "u1", "weight": 1.0}]
+    assert c.get("/users/lonely-secret-5531/relations").status_code == 404  # their only relation is gone
+    # a user known only by their relations can be forgotten too
+    assert c.put("/users/only-relations-7702/relations", json=["u1"]).status_code == 200
+    assert c.delete("/users/only-relations-7702").status_code == 200
+    assert c.post("/recommend", json={"user_id": "only-relations-7702"}).status_code == 404
+    e.store.close()
+    e2 = make_engine(ds, tmp_path / "s")
+    assert e2.relations("newbie")["relations"] == [{"user_id": "u1", "weight": 1.0}]
+    e2.store.close()
+    for f in (tmp_path / "s").iterdir():
+        for gone in (secret, "only-relations-7702"):
+            assert gone.encode() not in f.read_bytes(), (f.name, gone)
+    db = sqlite3.connect(tmp_path / "s" / "llmrec.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM relations WHERE user_id = ? OR related_id = ?",
+                      (secret, secret)).fetchone()[0] == 0
+
+
 # -- auth ------------------------------------------------------------------------------------------------
 def test_auth(engine):
     ev = {"user_id": "u0", "item_id": "s1", "type": "view"}

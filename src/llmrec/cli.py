@@ -294,7 +294,45 @@ def cmd_recommend_text(args) -> int:
     return 0
 
 
+def cmd_recommend_community(args) -> int:
+    """A user with no history, from the people they are related to (and their text profile, if given)."""
+    from . import community
+    from .io import parse_column_map
+    if not args.user:
+        raise LLMRecError("--relations needs --user ID (the user to recommend for)")
+    if not (args.model_dir or args.dataset or args.interactions):
+        raise LLMRecError("no data: pass --dataset NAME or --interactions FILE [--items FILE]")
+    model, _ = obtain(args, text=args.text is not None)
+    known = {u for u in model.users.ids() if len(model.history_of(u))}
+    if args.user in known:
+        raise LLMRecError(f"user {args.user!r} has a history: recommend for them without --relations")
+    rel = community.Relations.read(args.relations, known, parse_column_map(args.relation_columns,
+                                                                           community.RELATION_COLUMNS),
+                                   unknown_users=args.unknown_relations)
+    related = rel.of(args.user)
+    if not related and args.text is None:
+        raise LLMRecError(f"user {args.user!r} has no history and no relations in {args.relations}; "
+                          "add relations or a --text profile")
+    recs = community.recommend(model, [related], k=args.k, texts=[args.text] if args.text else None,
+                               text_weight=args.text_weight, explain=args.explain)
+    items = recs.records(model.catalog)
+    if args.json:
+        _print_json({"user_id": args.user, "related_users": len(related), "relations_dropped": rel.dropped,
+                     "text": args.text, "model": model.name, "items": items})
+    else:
+        print(f"user {args.user}: no history; {len(related)} related users"
+              + (f" + profile {args.text!r}" if args.text else "") + f"; model {model.name}"
+              + (f" ({rel.dropped} relation rows naming unknown users left out)" if rel.dropped else ""))
+        for rank, it in enumerate(items, 1):
+            print(f"{rank:>3}. {it['title']}  (id {it['item_id']}, score {it['score']:.4f})")
+            if args.explain and it["explanation"].get("related_users"):
+                print("      held by: " + ", ".join(it["explanation"]["related_users"]))
+    return 0
+
+
 def cmd_recommend(args) -> int:
+    if args.relations:
+        return cmd_recommend_community(args)
     if args.text is not None:
         return cmd_recommend_text(args)
     if not args.user:
@@ -340,6 +378,34 @@ def cmd_tags(args) -> int:
         _print_json({"items": len(catalog), "tagged": n, "out": str(args.out)})
     else:
         print(f"tagged {n:,} of {len(catalog):,} items from {len(vocab)} tags -> {args.out}")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    """An instruct LM writes a one-line description and keywords per item, written back to the catalogue."""
+    from . import describe, text
+    from .data import load_catalog
+    from .io import parse_column_map
+    if bool(args.items) == bool(args.dataset):
+        raise LLMRecError("pass --items FILE or --dataset NAME (the catalogue to describe)")
+    if args.items:
+        catalog = load_catalog(args.items, parse_column_map(args.item_columns))
+    else:
+        from . import datasets
+        catalog = datasets.load(args.dataset, quiet=args.json).catalog
+    if not str(args.out).lower().endswith((".csv", ".tsv", ".jsonl", ".json", ".parquet")):
+        raise LLMRecError(f"{args.out}: unknown catalogue format (use .csv, .tsv, .jsonl or .parquet)")
+    d = describe.Describer(args.lm, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                           threads=args.threads)
+    t0 = time.perf_counter()
+    described, n = describe.describe_catalog(catalog, d, only_missing=not args.all, progress=not args.json)
+    text.write_catalog(described, args.out)
+    out = {"items": len(catalog), "described": n, "seconds": round(time.perf_counter() - t0, 1),
+           "cache": str(d.cache_path), "out": str(args.out)}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"described {n:,} of {len(catalog):,} items in {out['seconds']} s -> {args.out}")
     return 0
 
 
@@ -652,6 +718,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-dir", help="recommend from a saved checkpoint")
     s.add_argument("--user", help="external user id")
     s.add_argument("--text", help="a free-text profile (zero-shot); with --user, mixed with the history")
+    s.add_argument("--relations", metavar="FILE",
+                   help="user-user relations (user_id, related_id[, weight]): --user has no history and is "
+                        "recommended from the people they are related to")
+    s.add_argument("--relation-columns", metavar="MAP", help="column mapping for the relation file")
+    s.add_argument("--unknown-relations", choices=["error", "drop"], default="error",
+                   help="a relation to a user with no history: stop (default) or leave the row out")
+    s.add_argument("--text-weight", type=float, default=0.5,
+                   help="with --relations and --text: the profile's share of the mix (default 0.5)")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--explain", action="store_true", help="say why each item is recommended")
     s.add_argument("--diversity", type=float, default=0.0, metavar="LAMBDA",
@@ -707,6 +781,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="re-tag items that already have tags")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tags)
+
+    s = sub.add_parser("describe", help="an instruct LM writes a description and keywords for each item")
+    s.add_argument("--items", metavar="FILE", help="item catalogue (CSV, TSV, JSONL, Parquet)")
+    s.add_argument("--item-columns", metavar="MAP", help="column mapping for the catalogue")
+    s.add_argument("--dataset", help="a named data set's catalogue instead of --items")
+    s.add_argument("--out", required=True, metavar="FILE", help="catalogue with description and tags "
+                                                                "(.csv/.tsv/.jsonl/.parquet)")
+    s.add_argument("--lm", default="smollm2-135m", metavar="NAME",
+                   help="causal instruct LM: smollm2-135m (packaged) or a local folder / Hugging Face name")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="description length cap in tokens (default 32)")
+    s.add_argument("--batch-size", type=int, default=32, help="items generated together (default 32)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    s.add_argument("--all", action="store_true", help="describe items that already have a description")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_describe)
 
     s = sub.add_parser("demo", help="ml-100k: itemknn evaluated and recommending; zero-shot for a new user")
     s.add_argument("--user", default="196")

@@ -210,13 +210,20 @@ def describe() -> dict[str, str]:
 
 
 def resolve(name: str) -> tuple[str, str]:
-    """Check an encoder name without loading anything: ("builtin" | "folder" | "hub", canonical name).
+    """Check an encoder name without loading anything: ("builtin" | "clip" | "folder" | "hub", canonical
+    name).
     Raises for an unknown name or a folder that is not a model."""
     if not isinstance(name, str) or not name.strip():
         raise LLMRecError("encoder name is empty")
     name = ALIASES.get(name, name)
     if name in BUILTIN:
         return "builtin", name
+    if name.startswith("clip:"):  # a local image-text (CLIP) folder: llmrec.images
+        folder = Path(name[5:]).expanduser()
+        if not (folder / "config.json").exists():
+            raise LLMRecError(f"{folder}: not an image-text model folder (no config.json); pass "
+                              "clip:/path/to/a/CLIPModel/folder")
+        return "clip", f"clip:{folder.resolve()}"
     if Path(name).expanduser().exists():
         folder = Path(name).expanduser().resolve()
         if not folder.is_dir() or not any((folder / f).exists() for f in ("modules.json", "config.json")):
@@ -237,6 +244,9 @@ def get(name: str) -> Encoder:
         return _LOADED[name]
     if kind == "builtin":
         enc = BUILTIN[name][1]()
+    elif kind == "clip":
+        from .images import ClipEncoder
+        enc = ClipEncoder(name[5:])
     elif kind == "folder":
         enc = _backend("SentenceTransformerEncoder", name, name=name, key=f"st:{name}")()
     else:

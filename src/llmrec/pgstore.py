@@ -65,8 +65,12 @@ MIGRATIONS: tuple[str, ...] = (
                   "CREATE INDEX events_by_tx ON events (txid);\n")
     + "CREATE TABLE forgotten_users (hash text PRIMARY KEY, at double precision NOT NULL);\n"
     "CREATE TABLE forgotten_events (hash text PRIMARY KEY);\n",
+    # 2: user-user relations (a row also names the related user: forgetting deletes those rows too)
+    _partitions("relations", "seq bigserial, user_id text NOT NULL, related_id text NOT NULL, "
+                "weight double precision NOT NULL, PRIMARY KEY (user_id, related_id)",
+                "CREATE INDEX relations_by_related ON relations (related_id);\n"),
 )
-USER_TABLES = ("events", "users")  # tables keyed by user_id, partitioned like them
+USER_TABLES = ("events", "users", "relations")  # tables keyed by user_id, partitioned like them
 MIGRATION_LOCK = 0x6C6C6D72  # advisory lock: replicas starting together migrate one at a time
 
 ADD_EVENTS = """
@@ -271,8 +275,10 @@ class PgStore:
         return (Event(*r) for r in rows)
 
     def has_user(self, user_id: str) -> bool:
-        return bool(self._read("SELECT 1 FROM users WHERE user_id = %s UNION ALL SELECT 1 FROM events "
-                               "WHERE user_id = %s LIMIT 1", (user_id, user_id)))
+        """Whether any row of the user is stored (events, profile or relations)."""
+        return bool(self._read("SELECT 1 FROM users WHERE user_id = %(u)s UNION ALL SELECT 1 FROM events "
+                               "WHERE user_id = %(u)s UNION ALL SELECT 1 FROM relations WHERE user_id = %(u)s "
+                               "LIMIT 1", {"u": user_id}))
 
     def count_events(self) -> int:
         return self._read("SELECT count(*) FROM events")[0][0]
@@ -295,21 +301,41 @@ class PgStore:
         rows = self._read("SELECT item_id, fields FROM items ORDER BY added")
         return [{"item_id": i, **json.loads(f)} for i, f in rows]
 
+    # -- relations -----------------------------------------------------------------------------------
+    def set_relations(self, user_id: str, related: dict[str, float]) -> None:
+        """Replace the user's relations (related user id -> weight) in one transaction."""
+        def tx(c):
+            c.execute("DELETE FROM relations WHERE user_id = %s", (user_id,))
+            with c.cursor() as cur:
+                cur.executemany("INSERT INTO relations (user_id, related_id, weight) VALUES (%s, %s, %s)",
+                                [(user_id, v, float(w)) for v, w in related.items()])
+        self._write(tx, "relations")
+
+    def relations(self) -> dict[str, dict[str, float]]:
+        """Every stored relation: user id -> {related user id: weight}, in the order they were set."""
+        out: dict[str, dict[str, float]] = {}
+        for u, v, w in self._read("SELECT user_id, related_id, weight FROM relations ORDER BY seq"):
+            out.setdefault(u, {})[v] = w
+        return out
+
     # -- users ---------------------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> tuple[int, bool]:
-        """Delete the user's events and profile and leave keyed tombstones (one transaction), then rewrite
-        the partitions that held them. Returns (events deleted, erased)."""
+        """Delete the user's events, profile and relations (theirs and those naming them) and leave keyed
+        tombstones (one transaction), then rewrite the partitions that held them. Returns (events deleted,
+        erased)."""
         key = self.user_key(user_id)
 
         def tx(c):
             parts = [r[0] for r in c.execute(" UNION ".join(
-                f"SELECT tableoid::regclass::text FROM {t} WHERE user_id = %(u)s" for t in USER_TABLES),
+                [f"SELECT tableoid::regclass::text FROM {t} WHERE user_id = %(u)s" for t in USER_TABLES]
+                + ["SELECT tableoid::regclass::text FROM relations WHERE related_id = %(u)s"]),
                 {"u": user_id})]
             ids = [r[0] for r in c.execute("SELECT event_id FROM events WHERE user_id = %s", (user_id,))]
             c.execute("INSERT INTO forgotten_events SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
                       ([self._hash("event", user_id, e) for e in ids],))
             n = {t: c.execute(f"DELETE FROM {t} WHERE user_id = %s", (user_id,)).rowcount for t in USER_TABLES}
             n = n["events"]
+            c.execute("DELETE FROM relations WHERE related_id = %s", (user_id,))  # other users' rows naming them
             c.execute("INSERT INTO forgotten_users VALUES (%s, %s) ON CONFLICT (hash) DO UPDATE SET at = "
                       "excluded.at", (key, time.time()))
             # the rewrite each partition still needs, with the deleting transaction (newer wins)
@@ -432,4 +458,6 @@ class PgStore:
             return Change("items", items=tuple({"item_id": i, **json.loads(f)} for i, f in rows))
         if kind == "forget":
             return Change("forget", user_key=key)
+        if kind == "relations":
+            return Change("relations")
         return None

@@ -26,6 +26,7 @@ from .validation import (
     MAX_HISTORY,
     MAX_ID,
     MAX_K,
+    MAX_RELATIONS,
     MAX_TEXT,
     check_id,
 )
@@ -118,6 +119,12 @@ EVENTS_DOC = (f"an event, a list of up to {MAX_BATCH} events, or {{\"events\": [
 EVENT_EXAMPLE = {"user_id": "196", "item_id": "242", "type": "like", "event_id": "196-242-1"}
 
 
+# checked item by item by the engine (``Engine.set_relations``), which names the field: relations[3].weight
+RelationsBody = Annotated[list[Any], Field(max_length=MAX_RELATIONS)]
+RELATIONS_DOC = (f"up to {MAX_RELATIONS} related user ids, or {{user_id, weight > 0}} objects (weight default "
+                 "1); [] removes them")
+
+
 class ItemIn(_In):
     title: _text(MAX_FIELD) | None = None
     description: _text(MAX_FIELD) | None = None
@@ -136,4 +143,5 @@ class ItemOut(BaseModel):
 class RecommendOut(BaseModel):
     user_id: str | None = None
     model: str
+    from_relations: int | None = Field(None, description="a user with no history: the related users used")
     items: list[ItemOut]

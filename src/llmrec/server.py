@@ -2,10 +2,10 @@
 the engine still works; nothing else imports it.
 
 Who may do what (``Authorization: Bearer KEY``, KEY the configured ``LLMREC_API_KEY``):
-- writes (events, items, deleting a user, retraining) need the key; with no key configured they are refused
-  unless the app was made ``insecure``;
-- user data (the user list, a user's history and events, and recommendations for a ``user_id``) needs the key
-  too, unless the app was made with ``public_user_data`` (for demos); with no key it is refused;
+- writes (events, items, a user's relations, deleting a user, retraining) need the key; with no key
+  configured they are refused unless the app was made ``insecure``;
+- user data (the user list, a user's history, events and relations, and recommendations for a ``user_id``)
+  needs the key too, unless the app was made with ``public_user_data`` (for demos); with no key it is refused;
 - recommendations for a ``history`` or a ``text``, items and ``/health``'s model and counts are open,
   unless ``protect_reads`` (which needs a key) closes them too; the page, ``/docs``, ``/openapi.json`` and
   ``/health``'s status and access settings (what the page needs to ask for the key) stay open.
@@ -35,7 +35,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .config import json_default
 from .errors import LLMRecError, StoreUnavailable, UnknownNameError
-from .schemas import EVENT_EXAMPLE, EVENTS_DOC, EventsBody, EventsIn, ItemIn, PathId, RecommendIn, RecommendOut
+from .schemas import (
+    EVENT_EXAMPLE,
+    EVENTS_DOC,
+    RELATIONS_DOC,
+    EventsBody,
+    EventsIn,
+    ItemIn,
+    PathId,
+    RecommendIn,
+    RecommendOut,
+    RelationsBody,
+)
 from .service import Engine
 from .validation import Unsupported
 
@@ -413,6 +424,17 @@ def create_app(engine: Engine, *, api_key: str | None = None, insecure: bool = F
     @app.get("/users/{user_id:path}/events", dependencies=UserData)
     def get_events(user_id: PathId) -> Response:
         return _json(engine.events(user_id))
+
+    @app.get("/users/{user_id:path}/relations", dependencies=UserData)
+    def get_relations(user_id: PathId) -> Response:
+        return _json(engine.relations(user_id))
+
+    @app.put("/users/{user_id:path}/relations", dependencies=[*Write, *UserData])
+    def put_relations(user_id: PathId, body: Annotated[RelationsBody, Body(description=RELATIONS_DOC,
+                                                                          examples=[["196", "186"]])]) -> Response:
+        """Replace whom the user is related to (follows, friends, household). Stored durably; while the
+        user has no history, the next `/recommend` for them answers from these people's histories."""
+        return _json(engine.set_relations(user_id, body))
 
     @app.delete("/users/{user_id:path}", dependencies=Write)
     def delete_user(user_id: PathId) -> Response:

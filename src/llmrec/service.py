@@ -4,8 +4,10 @@
 (committed to disk; concurrent calls share one transaction, a group commit) and then applied to the user's
 in-memory history at once, so the next ``recommend`` reflects them; disliked items are never recommended
 to that user again. ``upsert_item`` adds an item by its text, ``delete_user`` forgets a user everywhere.
-On start the engine replays the store on top of the model's own histories, so a restart loses nothing.
-``retrain`` fits the same kind of model on everything known now.
+``set_relations`` says whom a user is related to; a user with relations and no history is recommended
+from those people's histories (``llmrec.community``). On start the engine replays the store on top of the
+model's own histories, so a restart loses nothing. ``retrain`` fits the same kind of model on everything
+known now.
 
 No web framework here: ``llmrec.server`` is a thin HTTP adapter over this module, the CLI another.
 
@@ -37,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import community
 from .data import TEXT_FIELDS, Catalog, Dataset, IdMap, Interactions
 from .errors import ConfigError, LLMRecError, StoreUnavailable
 from .models import AddsItems, Recommender, TextQueries
@@ -50,6 +53,7 @@ from .validation import (
     MAX_FILTER_VALUES,
     MAX_HISTORY,
     MAX_K,
+    MAX_RELATIONS,
     MAX_TEXT,
     Unsupported,
     check_id,
@@ -126,6 +130,7 @@ class Engine:
         #                                      upsert / retrain
         self._hist: dict[str, np.ndarray] = {}
         self._disliked: dict[str, frozenset[int]] = {}
+        self._relations: dict[str, dict[str, float]] = {}  # user -> related user -> weight
         self._masks: dict[tuple, np.ndarray] = {}
         self._catalog_version = 0
         self.skipped_on_load = 0
@@ -150,6 +155,7 @@ class Engine:
             forgotten = self.store.forgotten_among(list(base))
             items = self.store.items()
             events = self.store.events()
+            relations = self.store.relations()
         self._hist = {uid: h for uid, h in base.items() if uid not in forgotten}
         self._disliked = {}
         self.skipped_on_load = 0
@@ -160,6 +166,7 @@ class Engine:
                 self.skipped_on_load += 1
                 continue
             self._apply(ev)
+        self._relations = relations
 
     def _on_change(self, change: Change) -> None:
         """Apply what another replica committed (called by the store's feed, in commit order)."""
@@ -173,6 +180,9 @@ class Engine:
                 for u in gone:
                     self._hist.pop(u, None)
                     self._disliked.pop(u, None)
+                self._relations = self.store.relations()  # theirs and those naming them are gone
+            elif change.kind == "relations":
+                self._relations = self.store.relations()
             elif change.kind == "items" and change.items:
                 self._upsert_catalog(list(change.items))
             elif change.kind == "resync":
@@ -193,8 +203,8 @@ class Engine:
         return {"status": "ok", "model": self.model.name, "source": self.source,
                 "items": len(self.catalog), "users": len(self._hist),
                 "events": events, "skipped_on_load": self.skipped_on_load,
-                "text_queries": self.supports_text(), "erasure_pending": self.store.erasure_pending,
-                "store": store}
+                "text_queries": self.supports_text(), "users_with_relations": len(self._relations),
+                "erasure_pending": self.store.erasure_pending, "store": store}
 
     def user_ids(self, limit: int = 50, offset: int = 0) -> list[str]:
         ids = list(self._hist)
@@ -307,6 +317,8 @@ class Engine:
             recs = self._recommend_text(text, k, excl, mask, explain, diversity)
             return {"model": self.model.name, "items": recs.records(self.model.catalog)}
         head: dict = {}
+        if user_id is not None and str(user_id) in self._relations and not len(self._hist.get(str(user_id), EMPTY)):
+            return self._recommend_community(str(user_id), k, excl, mask, explain)
         if user_id is not None:
             hist = self._user_history(str(user_id))
             dis = self._disliked.get(str(user_id))
@@ -320,6 +332,17 @@ class Engine:
         group = (bool(exclude_seen), json.dumps(filters, sort_keys=True, default=str) if filters else "",
                  bool(explain), diversity, k if diversity else 0)  # MMR's pool depends on k
         return _Query(hist, excl, k, mask, head, group)
+
+    def _recommend_community(self, user_id: str, k, excl, mask, explain) -> dict:
+        """A user with relations and no history: from the histories of the people they are related to."""
+        dis = self._disliked.get(user_id)
+        if dis:
+            excl = np.union1d(excl, np.fromiter(dis, dtype=np.int64))
+        related = self._relations[user_id]
+        recs = community.recommend(self.model, [related], k=k, histories=self._hist, candidates=mask,
+                                   explain=explain, exclude_rows=[excl])
+        return {"user_id": user_id, "model": self.model.name, "from_relations": len(related),
+                "items": recs.records(self.model.catalog)}
 
     def _recommend_text(self, text, k, excl, mask, explain, diversity=0.0):
         m, cat = self.model, self.model.catalog
@@ -477,6 +500,50 @@ class Engine:
             if idx in dis:
                 self._disliked[ev.user_id] = dis - {idx}
 
+    def set_relations(self, user_id: str, related: list) -> dict:
+        """Replace the people ``user_id`` is related to (follows, friends, household): a list of user ids,
+        or of ``{"user_id", "weight"}`` (weight > 0, default 1); an empty list removes them. Each related
+        user must be known to the service. Stored durably, then used at once: while the user has no
+        history, ``recommend(user_id=...)`` answers from the related users' histories."""
+        user_id = check_id(user_id, "user_id")
+        if not isinstance(related, list):
+            raise field_error("relations", "expected a list of user ids")
+        if len(related) > MAX_RELATIONS:
+            raise field_error("relations", f"at most {MAX_RELATIONS} relations, got {len(related)}")
+        parsed: dict[str, float] = {}
+        for j, r in enumerate(related):
+            where = f"relations[{j}]"
+            weight = 1.0
+            if isinstance(r, dict):
+                unknown = set(r) - {"user_id", "weight"}
+                if unknown:
+                    raise field_error(f"{where}.{sorted(unknown)[0]}", "unknown field")
+                if r.get("weight") is not None:
+                    weight = number(r["weight"], f"{where}.weight", "a weight above 0")
+                    if weight <= 0:
+                        raise field_error(f"{where}.weight", f"a weight must be above 0, got {weight:g}")
+                r, where = r.get("user_id"), f"{where}.user_id"
+            other = check_id(r, where)
+            if other == user_id:
+                raise field_error(where, "a user cannot be related to themself")
+            if other not in self._hist:
+                raise not_found("user", other, where)
+            parsed[other] = parsed.get(other, 0.0) + weight
+        with self._write_lock:
+            self.store.set_relations(user_id, parsed)
+            if parsed:
+                self._relations[user_id] = parsed
+            else:
+                self._relations.pop(user_id, None)
+        return {"user_id": user_id, "relations": len(parsed)}
+
+    def relations(self, user_id: str) -> dict:
+        """The people the user is related to, with their weights."""
+        if user_id not in self._relations and user_id not in self._hist:
+            raise not_found("user", user_id, "user_id")
+        return {"user_id": user_id, "relations": [{"user_id": v, "weight": w}
+                                                  for v, w in self._relations.get(user_id, {}).items()]}
+
     def delete_user(self, user_id: str) -> dict:
         """Forget a user: their events, profile and history, in the store and in memory. ``erased`` says
         whether the files already hold no copy of their rows; when another reader of the database holds
@@ -492,6 +559,13 @@ class Engine:
             n, erased = self.store.forget_user(user_id)
             self._hist.pop(user_id, None)
             self._disliked.pop(user_id, None)
+            self._relations.pop(user_id, None)
+            for other in [u for u, rel in self._relations.items() if user_id in rel]:  # relations naming them
+                rel = {v: w for v, w in self._relations[other].items() if v != user_id}
+                if rel:
+                    self._relations[other] = rel
+                else:
+                    del self._relations[other]
         if not erased:
             self._retry_erasure()
         return {"user_id": user_id, "deleted": True, "events_deleted": n, "erased": erased}

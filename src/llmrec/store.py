@@ -1,7 +1,8 @@
-"""Durable service state: items added by text, feedback events, known users and what is left of the users who
-asked to be forgotten. ``StateStore`` is the interface the engine uses; ``Store`` keeps it in one SQLite
-file (the embedded default), ``llmrec.pgstore.PgStore`` in Postgres (shared by replicas); ``open_store``
-chooses. Both keep a versioned schema (``MIGRATIONS``-style lists, ``pending_migrations`` checks them).
+"""Durable service state: items added by text, feedback events, known users, user-user relations and what
+is left of the users who asked to be forgotten. ``StateStore`` is the interface the engine uses; ``Store``
+keeps it in one SQLite file (the embedded default), ``llmrec.pgstore.PgStore`` in Postgres (shared by
+replicas); ``open_store`` chooses. Both keep a versioned schema (``MIGRATIONS``-style lists,
+``pending_migrations`` checks them).
 
 The journal is WAL with ``synchronous=FULL``: when a write method returns, its rows are on disk and survive
 a SIGKILL or a power cut. Events carry an ``event_id``, unique per user: storing the same (user, event id)
@@ -59,7 +60,15 @@ CREATE TABLE IF NOT EXISTS forgotten_events (hash TEXT PRIMARY KEY);
 """
 # Migration i (1-based) brings a store from schema version i - 1 to i; meta's ``schema_version`` records
 # where a store is. Add a table by appending a step here (and to ``pgstore.MIGRATIONS``).
-MIGRATIONS: tuple[str, ...] = (SCHEMA,)
+MIGRATIONS: tuple[str, ...] = (SCHEMA, """
+CREATE TABLE IF NOT EXISTS relations (
+    user_id TEXT NOT NULL,
+    related_id TEXT NOT NULL,
+    weight REAL NOT NULL,
+    PRIMARY KEY (user_id, related_id)
+);
+CREATE INDEX IF NOT EXISTS relations_by_related ON relations (related_id);
+""")
 SECRET_FILE = "secret.key"
 CHECKPOINT_WAIT_MS = 200  # how long one erasure attempt waits for readers to move on
 
@@ -80,7 +89,8 @@ class Event:
 class Change:
     """What another replica committed, as a shared store's feed reports it: ``kind`` is ``events`` (new
     ``events``), ``forget`` (the user whose keyed hash is ``user_key`` was forgotten), ``items`` (``items``
-    rows added or replaced) or ``resync`` (changes may have been missed: reload everything)."""
+    rows added or replaced), ``relations`` (a user's relations were set: read them again) or ``resync``
+    (changes may have been missed: reload everything)."""
 
     kind: str
     events: tuple[Event, ...] = ()
@@ -103,6 +113,8 @@ class StateStore(Protocol):
     def count_events(self) -> int: ...
     def upsert_items(self, rows: list[dict]) -> None: ...
     def items(self) -> list[dict]: ...
+    def set_relations(self, user_id: str, related: dict[str, float]) -> None: ...
+    def relations(self) -> dict[str, dict[str, float]]: ...
     def forget_user(self, user_id: str) -> tuple[int, bool]: ...
     def finish_erasure(self) -> bool: ...
     def forgotten_among(self, user_ids: Iterable[str]) -> set[str]: ...
@@ -307,10 +319,11 @@ class Store:
         return (Event(*r) for r in rows)
 
     def has_user(self, user_id: str) -> bool:
-        """Whether any row of the user is stored (events or profile)."""
+        """Whether any row of the user is stored (events, profile or relations)."""
         with self._lock:
             return self._db.execute("SELECT 1 FROM users WHERE user_id = ? UNION ALL SELECT 1 FROM events "
-                                    "WHERE user_id = ? LIMIT 1", (user_id, user_id)).fetchone() is not None
+                                    "WHERE user_id = ? UNION ALL SELECT 1 FROM relations WHERE user_id = ? "
+                                    "LIMIT 1", (user_id, user_id, user_id)).fetchone() is not None
 
     def count_events(self) -> int:
         with self._lock:
@@ -334,17 +347,37 @@ class Store:
             rows = self._db.execute("SELECT item_id, fields FROM items ORDER BY rowid").fetchall()
         return [{"item_id": i, **json.loads(f)} for i, f in rows]
 
+    # -- relations -----------------------------------------------------------------------------------
+    def set_relations(self, user_id: str, related: dict[str, float]) -> None:
+        """Replace the user's relations (related user id -> weight) in one transaction."""
+        def tx(db):
+            db.execute("DELETE FROM relations WHERE user_id = ?", (user_id,))
+            db.executemany("INSERT INTO relations VALUES (?, ?, ?)",
+                           [(user_id, v, float(w)) for v, w in related.items()])
+        self._write(tx)
+
+    def relations(self) -> dict[str, dict[str, float]]:
+        """Every stored relation: user id -> {related user id: weight}, in the order they were set."""
+        with self._lock:
+            rows = self._db.execute("SELECT user_id, related_id, weight FROM relations ORDER BY rowid").fetchall()
+        out: dict[str, dict[str, float]] = {}
+        for u, v, w in rows:
+            out.setdefault(u, {})[v] = w
+        return out
+
     # -- users ---------------------------------------------------------------------------------------
     def forget_user(self, user_id: str) -> tuple[int, bool]:
-        """Delete the user's events and profile, leave keyed tombstones, and erase the old rows from the
-        files. Returns (events deleted, erased): erased is False while another reader holds an old
-        snapshot; ``erasure_pending`` is then True until ``finish_erasure`` succeeds."""
+        """Delete the user's events, profile and relations (theirs and those naming them), leave keyed
+        tombstones, and erase the old rows from the files. Returns (events deleted, erased): erased is
+        False while another reader holds an old snapshot; ``erasure_pending`` is then True until
+        ``finish_erasure`` succeeds."""
         def tx(db):
             ids = [r[0] for r in db.execute("SELECT event_id FROM events WHERE user_id = ?", (user_id,))]
             db.executemany("INSERT OR IGNORE INTO forgotten_events VALUES (?)",
                            [(self._hash("event", user_id, e),) for e in ids])
             n = db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
             db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            db.execute("DELETE FROM relations WHERE user_id = ? OR related_id = ?", (user_id, user_id))
             db.execute("INSERT OR REPLACE INTO forgotten_users VALUES (?, ?)",
                        (self._hash("user", user_id), time.time()))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('erasure_pending', '1')")

@@ -4,6 +4,11 @@ Items belong to topics; each topic has words that appear in its items' text. A u
 with probability ``p_next`` the next item is the successor of the current one in its topic's chain
 (learnable sequential structure), otherwise a random item of the user's favourite topics (learnable
 co-occurrence), otherwise a popular item (noise with a popularity skew).
+
+With ``friends > 0`` the users also form a social graph that carries signal: each user is related to
+``friends`` others, a share ``p_friend`` of them drawn among the users with the same first favourite topic
+and the rest from everyone (``meta["relations"]``: user_id, related_id, one row per direction), and each
+user states one of their two favourite topics in a sentence (``meta["profiles"]``).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def _catalog(rng: np.random.Generator, topic_of: np.ndarray) -> pd.DataFrame:
 
 def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: float = 20,
          p_next: float = 0.6, p_topic: float = 0.3, n_topics: int | None = None,
-         n_events: int | None = None) -> Dataset:
+         n_events: int | None = None, friends: int = 0, p_friend: float = 0.8) -> Dataset:
     """A synthetic data set. Deterministic in ``seed``; any size. ``n_events`` (about that many
     interactions) sets ``mean_length`` to ``n_events / n_users``.
 
@@ -133,7 +138,31 @@ def make(n_users: int = 500, n_items: int = 200, seed: int = 0, mean_length: flo
                          np.full(len(item), np.nan, dtype=np.float32))
     ds = Dataset(name=name, catalog=catalog, interactions=inter, users=users)
     ds.meta.update(topic_of=topic_of, successor=successor)
+    if friends > 0:
+        ds.meta.update(_social(np.random.default_rng([seed, 1]), fav_a, fav_b, n_topics, friends, p_friend))
     return ds
+
+
+def _social(rng: np.random.Generator, fav_a: np.ndarray, fav_b: np.ndarray, n_topics: int, friends: int,
+            p_friend: float) -> dict:
+    """Mutual relations (both directions) and one-sentence profiles, from their own random stream so the
+    log of a seed is the same with and without them."""
+    n_users = len(fav_a)
+    by_topic = [np.flatnonzero(fav_a == t) for t in range(n_topics)]
+    pairs = set()
+    for u in range(n_users):
+        same = by_topic[fav_a[u]]
+        for _ in range(friends):
+            pool = same if rng.random() < p_friend and len(same) > 1 else np.arange(n_users)
+            v = int(pool[rng.integers(0, len(pool))])
+            if v != u:
+                pairs.add((u, v))
+                pairs.add((v, u))
+    pairs = sorted(pairs)
+    relations = pd.DataFrame({"user_id": [f"u{u}" for u, _ in pairs], "related_id": [f"u{v}" for _, v in pairs]})
+    stated = np.where(rng.random(n_users) < 0.5, fav_a, fav_b)
+    profiles = {f"u{u}": f"I am into {TOPICS[stated[u]][0]}." for u in range(n_users)}
+    return {"relations": relations, "profiles": profiles}
 
 
 NAMES = ["synthetic", "synthetic-USERS-ITEMS-SEED", "synthetic-USERS-ITEMS-SEED-EVENTS"]

@@ -351,7 +351,10 @@ def load_model(folder: str | Path) -> Recommender:
 
 @runtime_checkable
 class TextQueries(Protocol):
-    """A model that recommends for free-text profiles (one per query), optionally mixed with histories."""
+    """A model that recommends for free-text profiles (one per query), optionally mixed with histories,
+    and scores every item for a profile (``score_texts``: float32 [b, n_items])."""
+
+    def score_texts(self, texts: list[str]) -> np.ndarray: ...
 
     def recommend_text(self, texts: list[str], k: int = 10, histories: list[list] | None = None,
                        exclude_seen: bool = True, exclude: list | None = None,

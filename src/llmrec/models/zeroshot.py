@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -31,13 +32,13 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from .. import encoders
+from .. import encoders, images
 from .. import index as vindex
 from ..config import Checked, option
 from ..data import Catalog, IdMap
 from ..errors import LLMRecError
 from ..metrics import top_k_excluding
-from ..text import DEFAULT_TEMPLATE, item_tags, item_texts
+from ..text import DEFAULT_TEMPLATE, _value, item_tags, item_texts, render
 from ..vectors import is_unit, l2_normalize
 from .base import Recommendations, Recommender
 
@@ -60,6 +61,8 @@ class ZeroShotConfig(Checked):
     recall: float = option(0.95, gt=0.0, le=1.0)  # an approximate index tuned at fit to this recall@10
     tune_queries: int = option(500, ge=0)  # users' queries it is tuned on (0: the index's defaults)
     vectors: str = ""  # a folder of item vectors written by `llmrec batch encode`: fitting reads, not encodes
+    image_column: str = "image"  # item image paths, read when the encoder encodes images (clip:FOLDER)
+    image_weight: float = option(0.5, ge=0.0, le=1.0)  # the image's share of an item with text and image
 
     SEARCH_SPACE = {"recency": ("float", 0.2, 1.0, False), "max_history": ("int", 5, 200, True)}
 
@@ -159,6 +162,15 @@ class ZeroShot(Recommender):
         self._encode_catalog(progress)
         return self
 
+    def _texts(self, catalog: Catalog) -> list[str]:
+        """The items' texts; with pictures (``_image_paths``) an item without text is no cause for warning
+        unless it has no picture either."""
+        if self._image_paths(catalog) is None:
+            return item_texts(catalog, self.config.template)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return item_texts(catalog, self.config.template)
+
     def _encode_catalog(self, progress: bool) -> None:
         t0 = time.perf_counter()
         if self.text_vectors is None and self.config.vectors:
@@ -169,13 +181,14 @@ class ZeroShot(Recommender):
                 raise LLMRecError(f"text vectors have shape {vecs.shape}; expected [{len(self.catalog)}, d]")
             self.text_vectors = None  # held as the model's vectors from here on
         else:
-            texts = item_texts(self.catalog, self.config.template)
+            texts = self._texts(self.catalog)
             enc = self.encoder
             hits0 = getattr(enc, "hits", 0)
             vecs = enc.encode(texts, normalize=self.config.metric == "cosine",
                               batch_size=self.config.batch_size, progress=None if progress else False)
             del texts
             self.cache_hits = getattr(enc, "hits", 0) - hits0
+            vecs = self._with_images(self.catalog, vecs)
         self.encode_seconds = time.perf_counter() - t0
         self.mean = vecs.mean(0) if self.config.center else np.zeros(vecs.shape[1], np.float32)
         self._set_vectors(vecs)
@@ -215,6 +228,36 @@ class ZeroShot(Recommender):
             raise LLMRecError(f"vectors={folder} were encoded with template {job['template']!r}, not this "
                               f"model's {self.config.template!r}")
         self.encoder_name = job["encoder"]
+
+    def _with_images(self, catalog: Catalog, vecs: np.ndarray) -> np.ndarray:
+        """Text vectors fused with the items' image vectors (``images.fuse``) when the encoder reads images
+        and the catalogue has the image column; otherwise ``vecs`` unchanged. An item with an image and no
+        text gets its image's vector."""
+        paths = self._image_paths(catalog)
+        if paths is None:
+            return vecs
+        has_image = np.array([bool(p) for p in paths])
+        has_text = np.array([bool(render(r, self.config.template)) for r in catalog.frame.to_dict("records")])
+        if (~has_image & ~has_text).any():
+            warnings.warn(f"{int((~has_image & ~has_text).sum())} item(s) have neither text nor a picture; "
+                          "their id stands in for the text", UserWarning, stacklevel=3)
+        if not has_image.any():
+            return vecs
+        img = np.zeros_like(vecs)
+        rows = np.flatnonzero(has_image)
+        img[rows] = self._image_encoder().encode_images([paths[i] for i in rows], batch_size=self.config.batch_size)
+        return images.fuse(vecs, img, has_text, has_image, self.config.image_weight)
+
+    def _image_encoder(self):
+        return self.encoder.inner if isinstance(self.encoder, encoders.CachedEncoder) else self.encoder
+
+    def _image_paths(self, catalog: Catalog) -> list[str] | None:
+        """Each item's image path ("" for none) when the encoder reads images and the catalogue has the
+        image column; otherwise None (text only)."""
+        col = self.config.image_column
+        if not col or col not in catalog.frame.columns or not isinstance(self._image_encoder(), images.EncodesImages):
+            return None
+        return [_value(v) for v in catalog.frame[col].tolist()]
 
     def reindex(self, index: str, **settings) -> dict:
         """Rebuild the item index as ``index`` (exact | hnsw | ivf | milvus, with config ``settings`` such as
@@ -266,10 +309,10 @@ class ZeroShot(Recommender):
         self._check_fitted()
         rows = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
         catalog, idx = self.catalog.upsert(rows)
-        texts = item_texts(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()),
-                           self.config.template)
+        texts = self._texts(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()))
         vecs = self.encoder.encode(texts, normalize=self.config.metric == "cosine",
                                    batch_size=self.config.batch_size, progress=False)
+        vecs = self._with_images(Catalog(catalog.frame.iloc[idx].reset_index(drop=True), IdMap()), vecs)
         old_n = len(self.raw_vectors)
         raw = np.concatenate([self.raw_vectors, np.zeros((len(catalog) - old_n, self.raw_vectors.shape[1]),
                                                          np.float32)])
@@ -331,6 +374,11 @@ class ZeroShot(Recommender):
                           exclude_rows=None):
         return self._rank(self.user_vectors(hist), hist, k, exclude_seen, exclude, candidates, explain,
                           exclude_rows=exclude_rows)
+
+    def score_texts(self, texts: list[str]) -> np.ndarray:
+        """float32 [b, n_items]: every item's similarity to each free-text profile."""
+        self._check_fitted()
+        return self._scores(self._encode_query(encoders.check_texts(list(texts))))
 
     def recommend_text(self, texts: list[str], k: int = 10, histories: list[list] | None = None,
                        exclude_seen: bool = True, exclude: list | None = None,
