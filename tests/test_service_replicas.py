@@ -71,6 +71,10 @@ def test_two_replicas_share_events_items_and_deletes(files, tmp_path, pg_url):
             assert hb.post("/events", json={"user_id": "newbie", "item_id": "new1", "type": "view"}
                            ).status_code == 200, "B accepts events for A's new item"
             _until(lambda: (_history(ha, "newbie") or [""])[-1] == "new1", BOUND_S)
+            # relations set through A: B recommends to the related newcomer at once (from_relations)
+            assert ha.put("/users/friend/relations", json=["newbie"]).status_code == 200
+            _until(lambda: hb.post("/recommend", json={"user_id": "friend"}).status_code == 200, BOUND_S)
+            assert hb.post("/recommend", json={"user_id": "friend"}).json()["from_relations"] == 1
             # a delete through B: A answers 404 for the user
             assert ha.post("/recommend", json={"user_id": "u3"}).status_code == 200
             assert hb.delete("/users/u3").json()["erased"] is True

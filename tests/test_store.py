@@ -279,3 +279,51 @@ def test_concurrent_event_calls_share_commits(kind, tmp_path, request):
     assert e.store.count_events() == len(out) + 1
     assert [i["item_id"] for i in e.history("shared")["items"]] == ["s2"]
     e.store.close()
+
+
+def test_relations_are_replaced_kept_and_forgotten_both_ways(make):
+    s = make()
+    s.add_events([ev("e1", user="a"), ev("e1", user="b"), ev("e1", user="c")])
+    s.set_relations("new", {"a": 1.0, "b": 0.5})
+    s.set_relations("c", {"a": 2.0, "new": 1.0})
+    s.set_relations("new", {"b": 0.5, "c": 3.0})  # replaces, in the order given
+    assert s.relations() == {"new": {"b": 0.5, "c": 3.0}, "c": {"a": 2.0, "new": 1.0}}
+    assert s.has_user("new")  # known through their relations alone
+    s.close()
+    s = make()  # durable
+    assert s.relations() == {"new": {"b": 0.5, "c": 3.0}, "c": {"a": 2.0, "new": 1.0}}
+    s.forget_user("new")  # their relations and those naming them
+    assert s.relations() == {"c": {"a": 2.0}} and not s.has_user("new")
+    s.set_relations("c", {})
+    assert s.relations() == {}
+
+
+def test_a_forgotten_users_relations_are_gone_from_every_page(pg_url, tmp_path):
+    """The relations naming a forgotten user sit in other users' partitions: those are rewritten too."""
+    s = PgStore(pg_url, tmp_path)
+    victim = "victim-rel-5d1e"
+    for j in range(20):
+        s.add_events([ev("e", user=f"friend{j}")])
+        s.set_relations(f"friend{j}", {victim: 1.0, f"friend{(j + 1) % 20}": 1.0})
+    s.set_relations(victim, {"friend1": 1.0})
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        assert victim.encode() in b"".join(_pages(c, r) for r in _relations(c)), "the check can see the rows"
+        assert s.forget_user(victim) == (0, True)
+        after = {r: _pages(c, r) for r in _relations(c)}
+        assert not [r for r, b in after.items() if victim.encode() in b]
+    assert s.relations()["friend3"] == {"friend4": 1.0}
+    s.close()
+
+
+def test_feed_reports_relations(pg_url, tmp_path):
+    a, b = PgStore(pg_url, tmp_path), PgStore(pg_url, tmp_path)
+    got, arrived = [], threading.Event()
+    b.follow(lambda c: (got.append(c), arrived.set()))
+    with b.reading():
+        pass
+    a.set_relations("u", {"v": 1.0})
+    assert arrived.wait(10) and [c.kind for c in got] == ["relations"]
+    assert b.relations() == {"u": {"v": 1.0}}
+    a.close()
+    b.close()
