@@ -121,12 +121,27 @@ def test_ray_engine_joins_the_cluster_that_RAY_ADDRESS_names(tiny, tiny_split, m
     assert time.perf_counter() - t0 < 10
 
 
+FIT_ON_CLUSTER = """
+import json, sys
+import numpy as np
+from llmrec import models, split, synthetic
+cfg, hist, out = json.loads(sys.argv[1]), [np.asarray(h) for h in json.loads(sys.argv[2])], sys.argv[3]
+ds = synthetic.make(n_users=300, n_items=60, seed=0, mean_length=15, p_next=0.7, p_topic=0.2)
+m = models.get("sasrec", cfg).fit(ds, split.leave_one_out(ds), progress=False)
+np.save(out, m.score_histories(hist))
+print(json.dumps([h["loss"] for h in m.result.history]))
+"""
+
+
 @pytest.mark.slow
-def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, monkeypatch, tmp_path):
-    """A Ray head started apart from the test (`ray start --head`), joined through RAY_ADDRESS, with the
-    run's storage in LLMREC_RAY_STORAGE: the same training as one process, and the run's files there."""
+def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, tmp_path):
+    """A Ray head started apart from the test (`ray start --head`, token authentication on, as Ray asks of
+    a cluster), joined by a fit in another process through RAY_ADDRESS, the run's storage in
+    LLMREC_RAY_STORAGE: the same training as one process here, and the run's files in that storage."""
     pytest.importorskip("ray.train")
+    import json
     import os
+    import secrets
     import shutil
     import signal
     import socket
@@ -138,12 +153,11 @@ def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, monkeypatch, t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    # without token authentication: this process's Ray read RAY_AUTH_MODE once, when first imported (a
-    # cluster with tokens is joined with RAY_AUTH_MODE=token set before the command starts)
-    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
     src = str(Path(models.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {**os.environ, "RAY_DISABLE_USAGE_STATS": "1", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     # --block keeps the head's processes in one process group, stopped together below (`ray stop` would
     # stop every Ray on the machine)
@@ -155,16 +169,26 @@ def test_ray_engine_trains_on_a_running_cluster(tiny, tiny_split, monkeypatch, t
         while not list(Path(temp).glob("session_*/sockets/raylet")):
             assert head.poll() is None and time.monotonic() - t0 < 120, "the Ray head did not start"
             time.sleep(0.5)
-        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
-        monkeypatch.setenv("LLMREC_RAY_STORAGE", str(tmp_path / "storage"))
         cfg = {**CFG, "epochs": 2}
-        two = models.get("sasrec", {**cfg, "workers": 2, "engine": "ray"}).fit(tiny, tiny_split, progress=False)
-        import ray
-        assert not ray.is_initialized()  # joined and left; the cluster goes on
-        assert head.poll() is None
+        storage = tmp_path / "storage"
+        run = subprocess.run([sys.executable, "-c", FIT_ON_CLUSTER,
+                              json.dumps({**cfg, "workers": 2, "engine": "ray"}),
+                              json.dumps([h.tolist() for h in HIST]), str(tmp_path / "scores.npy")],
+                             env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "LLMREC_RAY_STORAGE": str(storage)},
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert head.poll() is None, "the cluster goes on after the fit"
         plain = models.get("sasrec", cfg).fit(tiny, tiny_split, progress=False)
-        _same_training(plain, two)
-        assert any(p.name.startswith("fit-") for p in (tmp_path / "storage").iterdir())
+        losses = json.loads(run.stdout.strip().splitlines()[-1])
+        np.testing.assert_allclose(losses, [h["loss"] for h in plain.result.history], rtol=1e-4)
+        np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), plain.score_histories(HIST), atol=1e-4)
+        assert any(p.name.startswith("fit-") for p in storage.iterdir())
+        # without the token the cluster refuses the fit
+        bad = subprocess.run([sys.executable, "-c", FIT_ON_CLUSTER, json.dumps({**cfg, "workers": 2, "engine": "ray"}),
+                              "[]", str(tmp_path / "x.npy")],
+                             env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_TOKEN": "wrong"},
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "cannot start or join Ray" in bad.stderr
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
