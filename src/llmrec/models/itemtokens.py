@@ -21,8 +21,9 @@ Sequence (one user, right-padded in a batch)::
   ``finetune=full`` trains those layers, the norm and the item rows; ``lora`` trains LoRA adapters on the
   layers' projections (merged into the weights after training) plus the norm and the item rows; ``none``
   trains nothing: the zero-shot baseline. The LM's text-token embeddings are frozen in every mode (they
-  only embed the prompt). ``bf16=true`` runs the LM under bfloat16 autocast when the CPU has native
-  bfloat16 (AVX512-BF16 or AMX, read from /proc/cpuinfo at run time) or on a GPU; elsewhere it runs fp32.
+  only embed the prompt). ``bf16=true`` trains the LM under bfloat16 autocast when the CPU has native
+  bfloat16 (AVX512-BF16 or AMX, read from /proc/cpuinfo at run time) or on a GPU; elsewhere in fp32.
+  Ranking is always fp32, so a user's scores do not depend on the batch they are ranked in.
 - **Ranking** a batch of users: the last real position's item logits [b, n_items]: one forward pass for
   every item at once (the evaluator's full ranking). An empty history scores items by training popularity.
 - **Text queries** (``recommend_text``): ``text_prompt`` with the request filled in, then the history's
@@ -77,7 +78,7 @@ class ItemTokensConfig(Checked):
     dropout: float = option(0.1, ge=0.0, lt=1.0)      # on the input embeddings while training
     lora_rank: int = option(16, ge=1)
     lora_alpha: int = option(32, ge=1)
-    bf16: bool = True                 # bfloat16 autocast where the CPU (or GPU) supports it natively
+    bf16: bool = True                 # train under bfloat16 autocast where the CPU (or GPU) has it natively
     patience: int = option(3, ge=1)
     eval_every: int = option(1, ge=1)
     eval_users: int = option(0, ge=0)  # validate on a fixed random sample of this many users (0 = all)
@@ -297,9 +298,8 @@ class ItemTokens(Recommender):
         for r, h in enumerate(cut):
             seq[r, :len(h)] = h
         last = torch.tensor([len(prefix_ids) - 1 + len(h) for h in cut], device=self.device)
-        self.net.eval()
-        with self._autocast():
-            h = self.net(self._prefix(prefix_ids, len(cut)), torch.from_numpy(seq).to(self.device))
+        self.net.eval()  # fp32: a user's scores do not depend on the batch it is ranked in
+        h = self.net(self._prefix(prefix_ids, len(cut)), torch.from_numpy(seq).to(self.device))
         return h[torch.arange(len(cut), device=self.device), last].float()
 
     @torch.no_grad()
