@@ -40,6 +40,11 @@ def render(results_dir: Path = ROOT / "benchmarks" / "results") -> str:
         if "invalid_rate" in r:
             notes.append(f"invalid_rate {r['invalid_rate']:.3f} (unconstrained "
                          f"{r.get('invalid_rate_unconstrained', float('nan')):.3f})")
+        if "layers_used" in r and r.get("train_seconds") is not None:
+            epochs = r.get("training") or {}  # every epoch's training seconds, resumed calls included
+            trained = (f"{epochs['epochs_run']} epochs in {epochs['train_seconds']:.0f} s" if epochs
+                       else "no training")
+            notes.append(f"{r['layers_used']} LM layers, {trained}, ranking p50 {r['latency_ms_p50']:.0f} ms a user")
         if r.get("stopped_by_time_budget"):
             notes.append("training cut by its time budget")
         workers = [m["worker_peak_memory_mb"] for m in r.get("members", []) if "worker_peak_memory_mb" in m]

@@ -22,6 +22,9 @@ CONTRACT: dict[str, tuple[dict, float]] = {
     # by tests/test_titlegen.py's slow real-model test, so the floor here is 0
     "titlegen": ({"model_name": "tiny-random", "finetune": "full", "steps": 20, "max_history": 3,
                   "invalid_sample": 5, "threads": 1}, 0.0),
+    # the first 2 layers of the 2-layer random Llama; the real LM's learning: tests/test_itemtokens.py
+    "item-tokens": ({"model_name": "tiny-random", "layers": 2, "epochs": 15, "max_history": 20,
+                     "learning_rate": 3e-3, "item_learning_rate": 1e-2, "threads": 1, "latency_sample": 3}, 0.30),
     "sasrec": (dict(embedding_size=32, max_history=20, epochs=12, batch_size=64, learning_rate=5e-3,
                     dropout=0.1, threads=1), 0.45),
     "textseq": (dict(encoder="hash", embedding_size=32, max_history=20, epochs=12, batch_size=64,
@@ -174,7 +177,8 @@ def test_checkerboard_withheld_item_comes_back_first(checkerboard):
 # what each model declares it can do beyond the base protocol (callers check with isinstance, never hasattr)
 CAPABILITIES = {"zero-shot": {"text", "adds-items", "fits-catalog"}, "textseq": {"adds-items", "resume"},
                 "sasrec": {"resume"}, "tuned-encoder": {"resume"}, "ensemble": {"resume"},
-                "semantic-ids": {"resume"}, "titlegen": {"resume"}}
+                "semantic-ids": {"resume"}, "titlegen": {"resume"},
+                "item-tokens": {"text", "adds-items", "resume"}}
 
 
 def test_capabilities_are_declared(fitted):

@@ -72,16 +72,33 @@ def resolve(name: str) -> str:
     return str(dense_copy(name)) if name in PACKAGED else name
 
 
-def load_causal_lm(name: str):
-    """(model, tokenizer) in fp32 on CPU, in eval mode; offline for packaged names."""
+def tiny_random_lm(seed: int = 0):
+    """(model, tokenizer): a 2-layer randomly initialised Llama (hidden size 64) with SmolLM2's tokenizer,
+    for fast tests of the code paths (it knows nothing)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    tok = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+def load_causal_lm(name: str, seed: int = 0):
+    """(model, tokenizer) in fp32 on CPU, in eval mode; offline for packaged names; ``tiny-random``:
+    ``tiny_random_lm(seed)``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if name == "tiny-random":
+        return tiny_random_lm(seed)
     path = resolve(name)
     try:
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except OSError as e:
-        raise LLMRecError(f"cannot load causal language model {name!r}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise LLMRecError(f"cannot load causal language model {name!r} (offline: a packaged name "
+                          f"{sorted(PACKAGED)}, or a local folder): {e}") from None
     model.eval()
     return model, tok
 

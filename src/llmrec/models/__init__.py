@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "zero-shot": "llmrec.models.zeroshot:ZeroShot",
     "semantic-ids": "llmrec.models.semantic_ids:SemanticIds",
     "titlegen": "llmrec.models.titlegen:TitleGen",
+    "item-tokens": "llmrec.models.itemtokens:ItemTokens",
     "sasrec": "llmrec.models.sasrec:SASRec",
     "textseq": "llmrec.models.textseq:TextSeq",
     "tuned-encoder": "llmrec.models.tuned:TunedEncoder",

@@ -32,7 +32,7 @@ import numpy as np
 from .. import training
 from ..config import Checked, option
 from ..errors import ConfigError, DataError, LLMRecError
-from ..lm import load_causal_lm, resolve, torch_threads
+from ..lm import load_causal_lm, torch_threads
 from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
 from .base import Recommender
 
@@ -83,17 +83,6 @@ def item_titles(catalog) -> list[str]:
     return out
 
 
-def _tiny_random_lm(tokenizer_source: str, seed: int):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-    tok = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    return LlamaForCausalLM(cfg).eval(), tok
-
-
 class _LMDecoder:
     """trie.Decoder over a Hugging Face causal LM: the prompt is read once, then one token per beam per
     step with the key/value cache reordered to follow the beams."""
@@ -138,10 +127,7 @@ class TitleGen(Recommender):
     # -- set-up ------------------------------------------------------------------------------------
     def _load_lm(self):
         cfg = self.config
-        if cfg.model_name == "tiny-random":
-            self.lm, self.tok = _tiny_random_lm(resolve("smollm2-135m"), cfg.seed)
-        else:
-            self.lm, self.tok = load_causal_lm(cfg.model_name)
+        self.lm, self.tok = load_causal_lm(cfg.model_name, cfg.seed)
         self.lm.to(training.device(cfg.device))
 
     def _setup(self) -> None:
