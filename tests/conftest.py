@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -79,3 +82,25 @@ def pg_cluster():
 def pg_url(pg_cluster):
     """A fresh database on the run's cluster."""
     return pg_cluster.new_database()
+
+
+def _register_test_encoder():
+    """Runs in every Ray worker: the jobs and checkpoints of the Ray tests name the test encoder."""
+    from test_encoders import BagOfWords
+
+    from llmrec import encoders
+    encoders.register("test-bow", BagOfWords, "bag-of-words stub for tests")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs whose workers import this checkout and the tests' stubs (one per test module)."""
+    ray = pytest.importorskip("ray")
+    import llmrec
+    src = Path(llmrec.__file__).resolve().parents[1]  # the llmrec these tests import
+    path = os.pathsep.join([str(src), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
+                          "worker_process_setup_hook": _register_test_encoder})
+    yield ray
+    ray.shutdown()

@@ -154,23 +154,6 @@ def test_an_unreachable_address_fails_within_seconds(knn, tmp_path, capsys, addr
 
 
 # -- the Ray engine: the same files as the local one ----------------------------------------------------
-def _register_test_encoder():
-    """Runs in every Ray worker: the checkpoints name the test encoder."""
-    encoders.register("test-bow", BagOfWords, "bag-of-words stub for tests")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    src = Path(batch.__file__).resolve().parents[1]
-    path = os.pathsep.join([str(src), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
-                          "worker_process_setup_hook": _register_test_encoder})
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_writes_the_local_engines_files(data, tmp_path, local_ray):
     ck = tmp_path / "ck"

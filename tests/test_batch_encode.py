@@ -208,23 +208,6 @@ def test_a_partitioned_parquet_log_loads_as_its_csv(ds, tmp_path):
 
 
 # -- the Ray engine: the same vectors as the local one --------------------------------------------------
-def _register_test_encoder():
-    """Runs in every Ray worker: the job names the test encoder."""
-    encoders.register("test-bow", BagOfWords, "bag-of-words stub for tests")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    src = Path(batch.__file__).resolve().parents[1]
-    path = os.pathsep.join([str(src), str(TESTS), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"},
-                          "worker_process_setup_hook": _register_test_encoder})
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_writes_the_local_engines_vectors(ds, hive, tmp_path, local_ray):
     for name, source in (("uri", {"items": f"file://{hive}"}), ("named", {"dataset": NAME})):

@@ -603,11 +603,15 @@ def cmd_batch_recommend(args) -> int:
     if args.json:
         _print_json(res)
     else:
-        resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
-        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
-        print(f"top-{res['k']} for {res['users']:,} users ({res['rows']:,} rows, {chunks}{resumed}) "
+        print(f"top-{res['k']} for {res['users']:,} users ({res['rows']:,} rows, {_chunks(res)}) "
               f"on {res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
     return 0
+
+
+def _chunks(res: dict) -> str:
+    """"3 chunks, 1 resumed": what a batch job wrote, for its one-line summary."""
+    resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
+    return f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}{resumed}"
 
 
 def _batch_ray_options(s: argparse.ArgumentParser, output: bool = True) -> None:
@@ -633,9 +637,7 @@ def cmd_batch_encode(args) -> int:
     if args.json:
         _print_json(res)
     else:
-        resumed = f", {res['chunks_resumed']} resumed" if res["chunks_resumed"] else ""
-        chunks = f"{res['chunks']} chunk{'s' if res['chunks'] != 1 else ''}"
-        print(f"{res['items']:,} item vectors ({res['encoder']}, {chunks}{resumed}) on "
+        print(f"{res['items']:,} item vectors ({res['encoder']}, {_chunks(res)}) on "
               f"{res['engine']} in {res['seconds']:.1f}s -> {res['out']}")
     return 0
 

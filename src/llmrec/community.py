@@ -179,9 +179,7 @@ def recommend(model: Recommender, related: list[dict[str, float]], k: int = 10,
     rows = list(exclude_rows or ()) + [np.zeros(0, np.int64)] * (len(related) - len(exclude_rows or ()))
     banned = [np.concatenate([everyone, np.asarray(r, np.int64)]) for r in rows]
     ids, top = top_k_excluding(s, k, banned, candidates, copy=False)
-    ext = np.full(ids.shape, None, dtype=object)
-    ok = ids >= 0
-    ext[ok] = model.catalog.ids.ids(ids[ok])
+    ext = model.catalog.ids.ids_or_none(ids)
     expl = None
     if explain:
         expl = []

@@ -82,6 +82,14 @@ class IdMap:
         out[:] = [ids[i] for i in idx.ravel().tolist()]
         return out.reshape(idx.shape)
 
+    def ids_or_none(self, idx: np.ndarray) -> np.ndarray:
+        """``ids(idx)`` where ``idx >= 0``, None where a top-k list was padded (``idx < 0``)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = np.full(idx.shape, None, dtype=object)
+        ok = idx >= 0
+        out[ok] = self.ids(idx[ok])
+        return out
+
     def copy(self) -> IdMap:
         return IdMap(self._ids, kind=self.kind)
 

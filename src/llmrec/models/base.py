@@ -239,9 +239,7 @@ class Recommender(ABC):
         else:
             scores = np.asarray(self.score_histories(hist), dtype=np.float32)
             ids, top = top_k_excluding(scores, k, banned, candidates, copy=not self.fresh_scores)
-        ext = np.full(ids.shape, None, dtype=object)
-        ok = ids >= 0
-        ext[ok] = self.catalog.ids.ids(ids[ok])
+        ext = self.catalog.ids.ids_or_none(ids)
         expl = None
         if explain:  # explanations for the items found; padding gets an empty one
             expl = [self.explain_items(h, ids[b][ids[b] >= 0]) + [{}] * int((ids[b] < 0).sum())

@@ -366,9 +366,7 @@ class ItemTokens(Recommender):
         everyone = self.catalog.ids.indices(exclude) if exclude else none
         banned = [np.concatenate([h if exclude_seen else none, everyone]) for h in hist]
         ids, top = top_k_excluding(scores, k, banned, candidates, copy=False)
-        ext = np.full(ids.shape, None, dtype=object)
-        ok = ids >= 0
-        ext[ok] = self.catalog.ids.ids(ids[ok])
+        ext = self.catalog.ids.ids_or_none(ids)
         expl = None
         if explain:
             expl = [[{**e, "request": t} for e in self.explain_items(h, ids[b][ids[b] >= 0])]

@@ -417,9 +417,7 @@ class ZeroShot(Recommender):
                 ids, top = self._merge_exact(vecs, stale, excl, ids, top, k)
         else:
             ids, top = top_k_excluding(self._scores(vecs), k, excl, candidates, copy=False)
-        ext = np.full(ids.shape, None, dtype=object)
-        ok = ids >= 0
-        ext[ok] = self.catalog.ids.ids(ids[ok])
+        ext = self.catalog.ids.ids_or_none(ids)
         expl = None
         if explain:
             expl = [self._explain(hist[b], ids[b][ids[b] >= 0], profiles[b] if profiles else None)
