@@ -41,6 +41,16 @@ def device(name: str = "auto") -> torch.device:
         raise LLMRecError(f"unknown device {name!r}: {e}") from None
 
 
+def load_net_state(module: torch.nn.Module, state: dict[str, np.ndarray], folder: str | Path) -> None:
+    """A checkpoint's ``net.<name>`` arrays into ``module``, which is then in eval mode; weights that do not
+    fit it (a checkpoint of another config) are refused naming ``folder``."""
+    try:
+        module.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("net.")})
+    except RuntimeError as e:
+        raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
+    module.eval()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

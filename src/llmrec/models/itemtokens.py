@@ -470,12 +470,7 @@ class ItemTokens(Recommender):
                               "the checkpoint belongs to another catalogue")
         with torch_threads(self.config.threads):
             self._load(n)
-            try:
-                self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
-                                          if k.startswith("net.")})
-            except RuntimeError as e:
-                raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
-        self.net.eval()
+            training.load_net_state(self.net, state, folder)
         self.popularity = state["popularity"]
         self._reset_counters()
 

@@ -499,12 +499,7 @@ class SequentialRecommender(Recommender):
             raise LLMRecError(f"{folder}: weights for {n} items but the catalogue has {len(self.catalog)}; "
                               "the checkpoint belongs to another catalogue")
         self._build(None, n)
-        try:
-            self.net.load_state_dict({k[4:]: torch.from_numpy(v) for k, v in state.items()
-                                      if k.startswith("net.")})
-        except RuntimeError as e:
-            raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
-        self.net.eval()
+        training.load_net_state(self.net, state, folder)
 
 
 def _fit_worker(model: SequentialRecommender, data, train, split, progress: bool) -> dict:

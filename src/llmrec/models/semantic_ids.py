@@ -41,7 +41,7 @@ from torch import nn
 
 from .. import training
 from ..config import Checked, option
-from ..errors import DataError, LLMRecError
+from ..errors import DataError
 from ..lm import torch_threads
 from ..trie import Trie, beam_search, generation_report, greedy_unconstrained
 from ..vectors import l2_normalize
@@ -455,12 +455,8 @@ class SemanticIds(Recommender):
         self.codes = state["codes"]
         self._setup()
         self._build()
-        try:
-            self.net.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in _old_layout(state).items()
-                                      if k.startswith("net.")})
-        except RuntimeError as e:
-            raise LLMRecError(f"{folder}: weights do not fit this model's config ({e})") from None
-        self.net.eval()
+        training.load_net_state(self.net, {k: v.copy() for k, v in _old_layout(state).items()
+                                           if k.startswith("net.")}, folder)
 
 
 def _batches(chunks: list[np.ndarray], batch_size: int, rng: np.random.Generator):
