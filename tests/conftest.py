@@ -1,4 +1,8 @@
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +108,20 @@ def local_ray():
                           "worker_process_setup_hook": _register_test_encoder})
     yield ray
     ray.shutdown()
+
+
+def kill_mid_run(code: str, out: Path, parts: int = 20) -> list[Path]:
+    """Run ``code`` (a batch job writing part files into ``out``) in its own Python, SIGKILL it once
+    ``parts`` part files are there, and return the part files it left (sorted). The child imports the
+    llmrec these tests import and the tests' stubs."""
+    import llmrec
+    src = Path(llmrec.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(Path(__file__).parent),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and len(list(out.glob("part-*.parquet"))) >= parts) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
+    return sorted(out.glob("part-*.parquet"))

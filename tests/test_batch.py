@@ -2,7 +2,6 @@
 Ray engine writing the same files as the local one."""
 
 import json
-import os
 import re
 import sys
 import time
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import kill_mid_run
 from test_encoders import BagOfWords
 
 from llmrec import batch, cli, datasets, encoders, models, pipeline
@@ -179,20 +179,9 @@ def test_ray_writes_the_local_engines_files(data, tmp_path, local_ray):
 
 
 def test_sigkill_mid_run_leaves_whole_parts_and_the_rerun_completes(knn, tmp_path):
-    import signal
-    import subprocess
     out = tmp_path / "out"
-    code = (f"from llmrec import batch; batch.recommend({str(knn)!r}, {str(out)!r}, k=10, chunk_size=1, "
-            "explain=True)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    deadline = time.monotonic() + 60
-    while not (out.exists() and len(list(out.glob("part-*.parquet"))) >= 20) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
-    done = sorted(out.glob("part-*.parquet"))
+    done = kill_mid_run(f"from llmrec import batch; batch.recommend({str(knn)!r}, {str(out)!r}, k=10, "
+                        "chunk_size=1, explain=True)", out)
     assert 20 <= len(done) < 300
     for p in done:  # every part file is whole
         assert pq.read_metadata(p).num_rows == 10

@@ -3,9 +3,7 @@ folder / file:// URI; resume, refusals; the folder feeding a zero-shot fit; Ray 
 vectors. And the loaders reading a partitioned Parquet log."""
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +12,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from conftest import kill_mid_run
 from test_encoders import BagOfWords
 
-from llmrec import batch, batch_encode, cli, data, datasets, encoders, models
+from llmrec import batch_encode, cli, data, datasets, encoders, models
 from llmrec.errors import DataError, LLMRecError
 
 encoders.register("test-bow", BagOfWords, "bag-of-words stub for tests")
@@ -99,21 +98,11 @@ def test_a_killed_run_resumes_and_other_jobs_are_refused(hive, tmp_path):
 
 
 def test_sigkill_mid_run_leaves_whole_parts_and_the_rerun_completes(hive, tmp_path):
-    import signal
-    import subprocess
     out = tmp_path / "v"
     code = ("from test_encoders import BagOfWords; from llmrec import batch_encode, encoders; "
             "encoders.register('test-bow', BagOfWords); "
             f"batch_encode.encode({str(out)!r}, encoder='test-bow', items={str(hive)!r}, chunk_size=1)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(batch.__file__).resolve().parents[1]), str(TESTS),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    deadline = time.monotonic() + 60
-    while not (out.exists() and len(list(out.glob("part-*.parquet"))) >= 20) and time.monotonic() < deadline:
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL  # killed mid-run, not finished
-    done = sorted(out.glob("part-*.parquet"))
+    done = kill_mid_run(code, out)
     assert 20 <= len(done) < 500
     for p in done:  # every part file is whole
         assert pq.read_metadata(p).num_rows == 1
